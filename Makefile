@@ -1,0 +1,37 @@
+# lopt developer commands. `make demo` and `make test` work on a fresh clone, offline.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PIP := $(BIN)/pip --disable-pip-version-check -q
+
+.PHONY: demo test test-slow bench install install-test clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+
+install: $(BIN)/python
+	$(PIP) install -e .
+
+install-test: $(BIN)/python
+	$(PIP) install -e ".[test]"
+
+## demo: benchmark the offline learned optimizers against tuned Adam on the `demo` suite
+demo: install
+	$(BIN)/lopt benchmark --suite demo --optimizers demo --seeds 3 --out runs/demo
+
+## test: the default (fast) suite, offline, on CPU
+test: install-test
+	$(BIN)/python -m pytest -n auto -q
+
+## test-slow: the long tests (meta-training convergence, full-size parity, multi-process)
+test-slow: install-test
+	$(BIN)/python -m pytest -n auto -q -m slow
+
+## bench: speed benchmarks (ratios against a baseline measured in the same run)
+bench: install
+	$(BIN)/python benchmarks/lopt_step.py
+	$(BIN)/python benchmarks/meta_throughput.py
+	$(BIN)/python benchmarks/nowcast_step.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache runs

@@ -1,0 +1,5 @@
+import sys
+
+from lopt.cli import main
+
+sys.exit(main())
