@@ -1,1 +1,16 @@
-"""See the README for this subpackage."""
+"""Hand-designed baseline optimizers (all optax) and their tuning search spaces.
+
+Example:
+  >>> from lopt import optimizers
+  >>> opt = optimizers.get("nadamw", num_steps=1000, learning_rate=3e-3)
+  >>> len(optimizers.LR_GRIDS["adam"]) >= 9
+  True
+"""
+
+from lopt.optimizers._baselines import BASELINES, Baseline, UnknownOptimizerError, get, warmup_cosine
+from lopt.optimizers._search_spaces import HALTON_SPACES, LR_GRIDS, halton_trials, log_grid
+
+SEARCH_SPACES = {"lr_grid": LR_GRIDS, "halton": HALTON_SPACES}
+
+__all__ = ["BASELINES", "Baseline", "UnknownOptimizerError", "get", "warmup_cosine",
+           "HALTON_SPACES", "LR_GRIDS", "SEARCH_SPACES", "halton_trials", "log_grid"]

@@ -1,1 +1,15 @@
-"""See the README for this subpackage."""
+"""Inner training: one task, one optax transform, and the optimizer resolver.
+
+Example:
+  >>> from lopt.tasks import get_task
+  >>> from lopt.training import make_optimizer, train
+  >>> tx, info = make_optimizer("adam", learning_rate=0.1)
+  >>> result = train(get_task("quadratic-10"), tx, 20, progress=False)
+"""
+
+from lopt.training._loop import NonFiniteLossError, TrainResult, train
+from lopt.training._registry import OptimizerInfo, known_names, make_optimizer
+from lopt.training._run_dir import RunDirMismatchError, plot_history
+
+__all__ = ["NonFiniteLossError", "TrainResult", "train", "OptimizerInfo", "known_names",
+           "make_optimizer", "RunDirMismatchError", "plot_history"]

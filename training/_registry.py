@@ -1,0 +1,108 @@
+"""One resolver for every optimizer name lopt knows: baselines, learned optimizers and
+nowcasting wrappers (`base+nowcaster`, e.g. `adam+nino`).
+
+The training loop and the benchmark call `make_optimizer`; an optimizer only ever sees what
+the optax API gives it, plus `num_steps` where it needs the run length (reported in `info`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import optax
+
+from lopt import optimizers
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerInfo:
+  """Facts about a resolved optimizer, for reports and the training loop.
+
+  Attributes:
+    name: the spec it was made from.
+    kind: "baseline", "learned" or "nowcast".
+    hparams: the hyperparameters used (JSON-able).
+    uses_num_steps: whether `num_steps` was passed to the optimizer.
+    checkpoint: the checkpoint path a learned optimizer was loaded from, if any.
+    eval_params: optional `(opt_state, params) -> params` to evaluate at.
+    needs_gradients: optional `opt_state -> bool[]` (False on nowcast steps).
+  """
+  name: str
+  kind: str
+  hparams: dict
+  uses_num_steps: bool = False
+  checkpoint: str | None = None
+  eval_params: Callable[[Any, Any], Any] | None = None
+  needs_gradients: Callable[[Any], Any] | None = None
+
+  def to_json(self) -> dict:
+    return {"optimizer": self.name, "kind": self.kind, "hparams": self.hparams,
+            "uses_num_steps": self.uses_num_steps, "checkpoint": self.checkpoint}
+
+
+def known_names() -> list[str]:
+  """Every optimizer name `make_optimizer` accepts (without the `+nowcaster` forms)."""
+  from lopt import learned_opts
+  return sorted(set(optimizers.BASELINES) | set(learned_opts.PRETRAINED))
+
+
+def make_optimizer(spec: str, *, num_steps: int | None = None, checkpoint: str | None = None,
+                   **hparams: Any) -> tuple[optax.GradientTransformationExtraArgs, OptimizerInfo]:
+  """Resolves an optimizer name to an optax transform.
+
+  Args:
+    spec: a baseline (`adam`, `nadamw`, ...), a pretrained learned optimizer (`celo`,
+      `celo_adam`, `velo`, `lopt-fc-v1`, ...), or `base+nowcaster` (e.g. `adam+nino`,
+      `celo+wnn`) to wrap the base with parameter nowcasting.
+    num_steps: the run length (needed by schedules, VeLO/Celo and nowcasting).
+    checkpoint: an explicit checkpoint path for a learned optimizer or nowcaster.
+    **hparams: baseline hyperparameters (`learning_rate`, ...) or learned-optimizer options.
+
+  Raises:
+    lopt.optimizers.UnknownOptimizerError: unknown name (the message lists valid names).
+    ValueError: invalid hyperparameters.
+
+  Example:
+    >>> tx, info = make_optimizer("adam", learning_rate=3e-3)
+    >>> info.kind
+    'baseline'
+  """
+  if "+" in spec:
+    base_spec, nowcaster = spec.split("+", 1)
+    return _make_nowcast(spec, base_spec, nowcaster, num_steps=num_steps,
+                         checkpoint=checkpoint, **hparams)
+  if spec in optimizers.BASELINES:
+    if checkpoint is not None:
+      raise ValueError(f"{spec!r} is a hand-designed optimizer: it takes no --checkpoint")
+    base = optimizers.BASELINES[spec]
+    tx = optimizers.get(spec, num_steps=num_steps, **hparams)
+    return tx, OptimizerInfo(spec, "baseline", {**base.defaults, **hparams},
+                             uses_num_steps=base.needs_num_steps, eval_params=base.eval_params)
+  from lopt import learned_opts
+  if spec in learned_opts.PRETRAINED or spec in learned_opts.REGISTRY:
+    if spec not in learned_opts.PRETRAINED and checkpoint is None:
+      raise ValueError(f"learned optimizer {spec!r} has no pretrained weights: pass a "
+                       "checkpoint (--checkpoint PATH)")
+    if "learning_rate" in hparams:
+      raise ValueError(f"{spec!r} is a learned optimizer: it takes no learning rate")
+    tx = learned_opts.load(spec, path=checkpoint, num_steps=num_steps, **hparams)
+    return tx, OptimizerInfo(spec, "learned", dict(hparams), uses_num_steps=num_steps is not None,
+                             checkpoint=None if checkpoint is None else str(checkpoint))
+  raise optimizers.UnknownOptimizerError(
+      f"unknown optimizer {spec!r}; valid names: {', '.join(known_names())} "
+      "(and base+nowcaster forms such as adam+nino)")
+
+
+def _make_nowcast(spec, base_spec, nowcaster, *, num_steps, checkpoint, period=None, **hparams):
+  from lopt.learned_opts import nino
+  if num_steps is None:
+    raise ValueError("nowcasting needs the run length: pass num_steps")
+  base, base_info = make_optimizer(base_spec, num_steps=num_steps, **hparams)
+  model = nino.load_nowcaster(checkpoint or nowcaster)
+  period = int(period or nino.default_period(num_steps))
+  tx = nino.nowcast(base, model, period=period, max_steps=num_steps)
+  return tx, OptimizerInfo(
+      spec, "nowcast", {**base_info.hparams, "period": period, "nowcaster": nowcaster},
+      uses_num_steps=True, checkpoint=None if checkpoint is None else str(checkpoint),
+      eval_params=base_info.eval_params, needs_gradients=nino.needs_gradients)

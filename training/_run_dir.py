@@ -1,0 +1,159 @@
+"""A training run directory: metrics JSONL, orbax checkpoints, result JSON and a loss plot.
+
+Layout of `out_dir`:
+  run.json         what was run (task, steps, seed, optimizer); a resume must match it
+  metrics.jsonl    one JSON line per evaluation
+  checkpoints/     orbax CheckpointManager (keeps the last 2; atomic)
+  result.json      final metrics (written last)
+  loss_curve.png   train (smoothed) and validation loss against steps
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+from typing import Any
+
+import numpy as np
+
+_HISTORY_KEYS = ("train_loss", "eval_step", "valid_loss", "valid_accuracy", "wall_time")
+
+
+class RunDirMismatchError(ValueError):
+  """`out_dir` holds a different run; resuming it would mix two experiments."""
+
+
+class RunDir:
+  """Owns the files of one run directory (see the module docstring)."""
+
+  def __init__(self, path: str | os.PathLike, *, checkpoint_every: int | None, eval_every: int):
+    self.path = pathlib.Path(path)
+    every = checkpoint_every or eval_every
+    # Checkpoints happen at eval boundaries: round up to a multiple of eval_every.
+    self.save_every_evals = max(1, -(-every // eval_every))
+    self._manager = None
+    self._config: dict | None = None
+
+  # -- configuration ------------------------------------------------------------------
+  def check_config(self, config: dict) -> None:
+    """Writes run.json, or checks an existing one matches `config`."""
+    self._config = config
+    f = self.path / "run.json"
+    if f.exists():
+      old = json.loads(f.read_text())
+      diff = {k: (old.get(k), v) for k, v in config.items() if old.get(k) != v}
+      if diff:
+        raise RunDirMismatchError(
+            f"{self.path} already holds a different run ({', '.join(f'{k}: {a!r} != {b!r}' for k, (a, b) in diff.items())}); "
+            "use another --out directory or delete this one")
+      return
+    self.path.mkdir(parents=True, exist_ok=True)
+    tmp = f.with_suffix(".tmp")
+    tmp.write_text(json.dumps(config, indent=1, sort_keys=True))
+    tmp.replace(f)
+
+  @property
+  def manager(self):
+    if self._manager is None:
+      import orbax.checkpoint as ocp
+      self._manager = ocp.CheckpointManager(
+          (self.path / "checkpoints").absolute(),
+          options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True))
+    return self._manager
+
+  # -- checkpoints --------------------------------------------------------------------
+  def restore(self, carry: Any, history: dict[str, np.ndarray]):
+    """Returns `(carry, history, eval_index)` from the latest checkpoint, or None."""
+    if not (self.path / "checkpoints").is_dir():
+      return None
+    step = self.manager.latest_step()
+    if step is None:
+      return None
+    import orbax.checkpoint as ocp
+    target = {"carry": carry, "history": history}
+    restored = self.manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
+    eval_index = int(restored["meta"]["eval_index"])
+    history = {k: np.asarray(v) for k, v in restored["state"]["history"].items()}
+    self._rewrite_metrics(history, eval_index)
+    return restored["state"]["carry"], history, eval_index
+
+  def maybe_save(self, carry: Any, history: dict[str, np.ndarray], eval_index: int,
+                 last: bool) -> None:
+    if not (last or eval_index % self.save_every_evals == 0):
+      return
+    import orbax.checkpoint as ocp
+    self.manager.save(eval_index, args=ocp.args.Composite(
+        state=ocp.args.StandardSave({"carry": carry, "history": history}),
+        meta=ocp.args.JsonSave({"eval_index": eval_index,
+                                "step": int(history["eval_step"][eval_index])})))
+    self.manager.wait_until_finished()
+
+  # -- metrics ------------------------------------------------------------------------
+  @staticmethod
+  def _record(history: dict[str, np.ndarray], i: int) -> dict:
+    step = int(history["eval_step"][i])
+    prev = int(history["eval_step"][i - 1]) if i > 0 else 0
+    train = history["train_loss"][prev:step]
+    return {"step": step,
+            "train_loss": float(np.mean(train)) if len(train) else None,
+            "valid_loss": _num(history["valid_loss"][i]),
+            "valid_accuracy": _num(history["valid_accuracy"][i]),
+            "wall_time": _num(history["wall_time"][i])}
+
+  def log_eval(self, history: dict[str, np.ndarray], i: int) -> None:
+    self.path.mkdir(parents=True, exist_ok=True)
+    with open(self.path / "metrics.jsonl", "a") as f:
+      f.write(json.dumps(self._record(history, i)) + "\n")
+
+  def _rewrite_metrics(self, history: dict[str, np.ndarray], upto: int) -> None:
+    lines = [json.dumps(self._record(history, i)) for i in range(upto + 1)]
+    tmp = self.path / "metrics.jsonl.tmp"
+    tmp.write_text("".join(line + "\n" for line in lines))
+    tmp.replace(self.path / "metrics.jsonl")
+
+  # -- end of run ---------------------------------------------------------------------
+  def finish(self, result, *, task_name: str, run_info: dict) -> None:
+    if self._manager is not None:
+      self._manager.close()
+    out = {"task": task_name, **run_info, **result.final_metrics(), "stopped": result.stopped}
+    tmp = self.path / "result.json.tmp"
+    tmp.write_text(json.dumps(out, indent=1))
+    tmp.replace(self.path / "result.json")
+    plot_history(result.history, self.path / "loss_curve.png", title=task_name)
+
+
+def _num(x) -> float | None:
+  x = float(x)
+  return x if np.isfinite(x) else None
+
+
+def plot_history(history: dict[str, np.ndarray], path: pathlib.Path, title: str = "") -> None:
+  """Writes a PNG of the (EMA-smoothed) train loss and the validation loss."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  train = history["train_loss"]
+  finite = np.isfinite(train)
+  fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+  if finite.any():
+    steps = np.arange(len(train))[finite]
+    vals = train[finite]
+    ema, acc = np.empty_like(vals), vals[0]
+    for j, v in enumerate(vals):  # host-side plotting only
+      acc = 0.95 * acc + 0.05 * v
+      ema[j] = acc
+    ax.plot(steps + 1, vals, color="C0", alpha=0.25, lw=0.8)
+    ax.plot(steps + 1, ema, color="C0", label="train (EMA 0.95)")
+  ax.plot(history["eval_step"], history["valid_loss"], "o-", color="C1", ms=3, label="valid")
+  ax.set_xlabel("step")
+  ax.set_ylabel("loss")
+  ax.set_title(title)
+  ax.legend()
+  fig.tight_layout()
+  tmp = path.with_suffix(".tmp.png")
+  fig.savefig(tmp)
+  plt.close(fig)
+  tmp.replace(path)
