@@ -14,7 +14,8 @@ import sys
 # Subcommand modules, written out by hand (no import side effects populate this).
 SUBCOMMANDS = (
     "lopt.cli.train",       # lopt train
-    "lopt.cli.tasks",       # lopt tasks, lopt datasets
+    "lopt.cli.tasks",       # lopt tasks
+    "lopt.cli.datasets",    # lopt datasets [list|prepare]
     "lopt.cli.pretrained",  # lopt pretrained list|show
     "lopt.cli.benchmark",   # lopt benchmark [score]
     "lopt.cli.meta",        # lopt meta-train

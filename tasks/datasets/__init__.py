@@ -1,1 +1,61 @@
-"""See the README for this subpackage."""
+"""Datasets for lopt tasks, built and read through tensorflow-datasets (no TensorFlow needed).
+
+Embedded datasets need no download: `digits` (scikit-learn 8x8 digits), `mnist1d`
+(generated offline), `pycode` (bytes of the Python standard library) and `fashion_mnist`
+(local IDX files, e.g. from Debian's `dataset-fashion-mnist`). Stock tfds datasets
+(`mnist`, `cifar10`, `lm1b`, ...) download on first use (internet + `pip install 'lopt[tf]'`).
+Everything is prepared once into `$LOPT_DATA_DIR` (default `~/.cache/lopt/tfds`) as
+`array_record` files and read with `tfds.data_source`.
+
+Small datasets are meant to live on the accelerator: `jax.device_put(load(...))`, then
+`sample_batch` / `sample_windows` inside jit. Large ones stream with `iterate_batches`.
+
+Example:
+  >>> from lopt.tasks import datasets
+  >>> d = datasets.load("digits", "train")
+  >>> d["image"].shape, d["label"].shape
+  ((1197, 8, 8, 1), (1197,))
+  >>> datasets.resize_images(d["image"], 4).shape
+  (1197, 4, 4, 1)
+"""
+
+from lopt.tasks.datasets._batching import sample_batch, sample_windows
+from lopt.tasks.datasets._image import resize_images
+from lopt.tasks.datasets._info import (
+    DATASETS,
+    OFFLINE,
+    SPLITS,
+    DatasetInfo,
+    DatasetUnavailableError,
+    UnknownDatasetError,
+    get_info,
+)
+from lopt.tasks.datasets._load import (
+    clear_cache,
+    data_source,
+    is_prepared,
+    iterate_batches,
+    load,
+    prepare,
+    resolve_data_dir,
+)
+
+__all__ = [
+    "DATASETS",
+    "OFFLINE",
+    "SPLITS",
+    "DatasetInfo",
+    "DatasetUnavailableError",
+    "UnknownDatasetError",
+    "clear_cache",
+    "data_source",
+    "get_info",
+    "is_prepared",
+    "iterate_batches",
+    "load",
+    "prepare",
+    "resize_images",
+    "resolve_data_dir",
+    "sample_batch",
+    "sample_windows",
+]
