@@ -1,0 +1,28 @@
+"""NiNo-style parameter nowcasting: neural graphs, the NiNo GNN / WNN+ models, official weights.
+
+Public API:
+  build_graph(params, arch=None) -> NeuralGraph       static per (arch, shapes), cached
+  load_nowcaster(name_or_path, path=None) -> Nowcaster "nino" | "wnnp" | "wnnp_h32" | a path
+  Nowcaster.predict(history, k) -> params              history: [ctx=5, ...] pytree, k in 1..40
+  save_nowcaster(dir, nowcaster)                       orbax weights + nowcaster.json
+  NowcasterConfig, make_model, predict_edges           the models (haiku) for training / inference
+  load_torch_zip(path)                                 torch checkpoints without torch
+
+Example:
+  >>> from lopt.learned_opts import nino
+  >>> nc = nino.load_nowcaster("nino", path="/work/shared/pretrained/nino")  # doctest: +SKIP
+  >>> future = nc.predict(history, k=5)  # doctest: +SKIP
+"""
+
+from lopt.learned_opts.nino.graph import (EDGE_TYPES, NeuralGraph, build_graph, gpt2_arch,
+                                          infer_arch)
+from lopt.learned_opts.nino.lpe import laplacian_pe
+from lopt.learned_opts.nino.model import NowcasterConfig, make_model, predict_edges
+from lopt.learned_opts.nino.nowcaster import (OFFICIAL, Nowcaster, init_nowcaster,
+                                              load_nowcaster, save_nowcaster, unzscore, zscore)
+from lopt.learned_opts.nino.torch_io import TorchFormatError, load_torch_zip
+
+__all__ = ["EDGE_TYPES", "NeuralGraph", "build_graph", "gpt2_arch", "infer_arch", "laplacian_pe",
+           "NowcasterConfig", "make_model", "predict_edges", "OFFICIAL", "Nowcaster",
+           "init_nowcaster", "load_nowcaster", "save_nowcaster", "zscore", "unzscore",
+           "TorchFormatError", "load_torch_zip"]
