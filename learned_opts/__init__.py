@@ -1,1 +1,148 @@
-"""See the README for this subpackage."""
+"""Learned optimizers: meta-parameters (`theta`) plus a maker of optax transforms.
+
+    import jax, lopt.learned_opts as lo
+    lopt = lo.get("velo", lstm_hidden_size=512, param_inits=256)   # an architecture
+    theta = lopt.init_meta(jax.random.PRNGKey(0))
+    opt = lopt.make(theta, num_steps=1000)        # optax.GradientTransformationExtraArgs
+    updates, state = opt.update(grads, state, params, loss=loss)
+
+    lopt, theta = lo.pretrained("celo")           # a known checkpoint (local or downloaded)
+    opt = lo.load("celo", num_steps=1000)         # the one-line loader used by `lopt train`
+    theta = lo.load_theta("theta.state")          # VeLO / Celo msgpack, or our orbax dirs
+
+Architectures (`lo.REGISTRY`): adafac_mlp, mlp, rnn_mlp, velo, celo, celo_adam,
+learnable_adam, learnable_sgdm. See docs/readme/learned_opts.md.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from typing import Any
+
+import optax
+
+from lopt.learned_opts.base import LearnedOptimizer, Theta
+from lopt.learned_opts.checkpoint_io import (CheckpointFormatError, ThetaMismatchError,
+                                             check_theta, detect_format, load_optimizer,
+                                             load_theta, read_msgpack, save_theta,
+                                             save_theta_msgpack, write_msgpack)
+from lopt.learned_opts.pretrained import (PRETRAINED, CheckpointInfo,
+                                          CheckpointIntegrityError,
+                                          CheckpointUnavailableError, pretrained,
+                                          resolve_checkpoint)
+from lopt.learned_opts.registry import REGISTRY, UnknownOptimizerError, get, names
+
+__all__ = [
+    "LearnedOptimizer", "Theta", "REGISTRY", "UnknownOptimizerError", "get", "names",
+    "load", "load_theta", "save_theta", "save_theta_msgpack", "load_optimizer",
+    "check_theta", "detect_format", "read_msgpack", "write_msgpack",
+    "CheckpointFormatError", "ThetaMismatchError", "PRETRAINED", "CheckpointInfo",
+    "CheckpointUnavailableError", "CheckpointIntegrityError", "pretrained",
+    "resolve_checkpoint", "gradient_accumulation", "skip_nonfinite",
+    "MLPLOpt", "RNNMLP", "LearnableAdam", "LearnableSGDM", "AdafacMLP", "VeLO", "Celo",
+    "CeloAdam",
+]
+
+# Architecture classes, imported on first access (their modules pull in more of JAX).
+_LAZY_CLASSES = {
+    "MLPLOpt": "lopt.learned_opts._mlp",
+    "RNNMLP": "lopt.learned_opts._rnn_mlp",
+    "LearnableAdam": "lopt.learned_opts._learnable",
+    "LearnableSGDM": "lopt.learned_opts._learnable",
+    "AdafacMLP": "lopt.learned_opts._adafac",
+    "VeLO": "lopt.learned_opts._velo",
+    "Celo": "lopt.learned_opts._celo",
+    "CeloAdam": "lopt.learned_opts._celo",
+}
+
+# Architectures whose `init_meta` is a meaningful starting point (hyperparameter-only rules):
+# `load` accepts them without a checkpoint.
+_NO_CHECKPOINT_NEEDED = ("learnable_adam", "learnable_sgdm")
+
+
+def __getattr__(name: str) -> Any:
+  if name in _LAZY_CLASSES:
+    return getattr(importlib.import_module(_LAZY_CLASSES[name]), name)
+  raise AttributeError(f"module 'lopt.learned_opts' has no attribute {name!r}")
+
+
+def load(name: str, *, path: str | os.PathLike | None = None, num_steps: int | None = None,
+         **options: Any) -> optax.GradientTransformationExtraArgs:
+  """The optax transform of a learned optimizer, in one line.
+
+  `name` is a pretrained checkpoint ("celo", "celo-adam", "velo", "lopt-fc-v1"; `path`
+  then overrides where its file is) or an architecture from `REGISTRY` with `path` pointing
+  at its theta (a self-describing orbax directory, or a VeLO/Celo msgpack file).
+  `options` go to `lopt.make` (e.g. VeLO's); `num_steps` is the training horizon
+  (required by VeLO and Celo). The transform is wrapped in `skip_nonfinite`: a step with a
+  non-finite gradient or loss is skipped.
+
+  Example:
+    opt = load("celo", num_steps=1000)
+    opt = load("velo", path="~/Downloads/params", num_steps=5000)
+    opt = load("mlp", path="runs/meta/theta_final")
+  """
+  pretrained_name = name.replace("_", "-")
+  if name in PRETRAINED or pretrained_name in PRETRAINED:
+    lopt, theta = pretrained(pretrained_name if pretrained_name in PRETRAINED else name,
+                             path=path)
+  elif name in REGISTRY:
+    if path is not None:
+      lopt, theta = load_optimizer(path, architecture=name)
+    elif name in _NO_CHECKPOINT_NEEDED:
+      import jax
+      lopt = get(name)
+      theta = lopt.init_meta(jax.random.PRNGKey(0))
+    else:
+      raise ValueError(f"learned optimizer {name!r} needs meta-parameters: pass path=... "
+                       f"(a checkpoint), or use a pretrained name: {', '.join(PRETRAINED)}")
+  else:
+    raise UnknownOptimizerError(
+        f"unknown learned optimizer {name!r}; pretrained: {', '.join(sorted(PRETRAINED))}; "
+        f"architectures: {', '.join(names())}")
+  return skip_nonfinite(lopt.make(theta, num_steps=num_steps, **options))
+
+
+def gradient_accumulation(opt: optax.GradientTransformation, every_k: int
+                          ) -> optax.GradientTransformationExtraArgs:
+  """Applies `opt` once every `every_k` calls to the mean of the accumulated gradients.
+
+  This is how learned_optimization runs VeLO beyond the horizon it was meta-trained on
+  (`prefab`'s `GradientAccumulator(ceil(N / 150_000))`): make the inner optimizer with
+  `num_steps=ceil(N / every_k)` and wrap it. In-between calls return zero updates. Extra
+  args (the `loss`) reach `opt` on the applying call, i.e. the last micro-step's loss.
+
+  Example:
+    opt = gradient_accumulation(lopt.make(theta, num_steps=100), every_k=4)  # 400 steps
+  """
+  if every_k < 1:
+    raise ValueError(f"every_k must be >= 1, got {every_k}")
+  if every_k == 1:
+    return optax.with_extra_args_support(opt)
+  return optax.MultiSteps(opt, every_k_schedule=every_k).gradient_transformation()
+
+
+def skip_nonfinite(opt: optax.GradientTransformation) -> optax.GradientTransformationExtraArgs:
+  """Skips steps whose gradients (or `loss`) are not finite: zero updates, state unchanged.
+
+  Unlike `optax.apply_if_finite` it never gives up after repeated failures, and it selects
+  with `jnp.where` (no `lax.cond`), so it batches cleanly under `vmap`. `load` applies it.
+
+  Example:
+    opt = skip_nonfinite(lopt.make(theta, num_steps=1000))
+  """
+  import jax
+  import jax.numpy as jnp
+  inner = optax.with_extra_args_support(opt)
+
+  def update(updates, state, params=None, **extra):
+    checked = [updates] + ([extra["loss"]] if extra.get("loss") is not None else [])
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(checked)]
+    ok = jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
+    new_updates, new_state = inner.update(updates, state, params, **extra)
+    new_updates = jax.tree.map(lambda u: jnp.where(ok, u, jnp.zeros_like(u)), new_updates)
+    new_state = jax.tree.map(lambda a, b: jnp.where(ok, a, b), new_state, state)
+    return new_updates, new_state
+
+  return optax.GradientTransformationExtraArgs(inner.init, update)

@@ -80,12 +80,11 @@ def make_optimizer(spec: str, *, num_steps: int | None = None, checkpoint: str |
     return tx, OptimizerInfo(spec, "baseline", {**base.defaults, **hparams},
                              uses_num_steps=base.needs_num_steps, eval_params=base.eval_params)
   from lopt import learned_opts
-  if spec in learned_opts.PRETRAINED or spec in learned_opts.REGISTRY:
-    if spec not in learned_opts.PRETRAINED and checkpoint is None:
-      raise ValueError(f"learned optimizer {spec!r} has no pretrained weights: pass a "
-                       "checkpoint (--checkpoint PATH)")
+  if spec in learned_opts.PRETRAINED or spec.replace("_", "-") in learned_opts.PRETRAINED \
+      or spec in learned_opts.REGISTRY:
     if "learning_rate" in hparams:
       raise ValueError(f"{spec!r} is a learned optimizer: it takes no learning rate")
+    # `load` finds pretrained weights (or `checkpoint`) and says what is missing otherwise.
     tx = learned_opts.load(spec, path=checkpoint, num_steps=num_steps, **hparams)
     return tx, OptimizerInfo(spec, "learned", dict(hparams), uses_num_steps=num_steps is not None,
                              checkpoint=None if checkpoint is None else str(checkpoint))

@@ -1,0 +1,266 @@
+"""Known pretrained learned-optimizer checkpoints, found locally or downloaded on demand.
+
+`pretrained("celo")` returns `(lopt, theta)`. Where the file is looked for, in order:
+
+1. an explicit `path=` (a file or a checkpoint directory; not hash-checked, only shape-checked);
+2. `$LOPT_CHECKPOINT_DIR/<name>/<filename>`;
+3. the user cache `${XDG_CACHE_HOME:-~/.cache}/lopt/checkpoints/<name>/<filename>`;
+4. package data `lopt/learned_opts/checkpoints/<name>/` (bundled with lopt);
+5. a download of the official URL into the user cache, when online and unless
+   `LOPT_OFFLINE=1`; the file is verified (sha256, or size where no hash is published) and
+   moved into place atomically.
+
+Offline, `CheckpointUnavailableError` says where to put the file.
+
+Example:
+  >>> from lopt.learned_opts import PRETRAINED
+  >>> sorted(PRETRAINED)[:2]
+  ['celo', 'celo-adam']
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib.resources
+import os
+import pathlib
+import shutil
+import tempfile
+import urllib.error
+import urllib.request
+from typing import Any
+
+from lopt.learned_opts import checkpoint_io
+
+__all__ = ["CheckpointInfo", "PRETRAINED", "CheckpointUnavailableError",
+           "CheckpointIntegrityError", "pretrained", "resolve_checkpoint", "find_local",
+           "cache_dir", "bundled_dir", "info", "available"]
+
+DOWNLOAD_TIMEOUT_S = 15.0
+
+
+class CheckpointUnavailableError(FileNotFoundError):
+  """The checkpoint is not on this machine and could not be downloaded."""
+
+
+class CheckpointIntegrityError(ValueError):
+  """A checkpoint file does not have the published size or sha256."""
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointInfo:
+  """One known checkpoint. `filename` is "" when the checkpoint is a directory (orbax)."""
+
+  name: str
+  architecture: str
+  hparams: dict[str, Any]
+  filename: str
+  format: str                # "velo" | "celo" | "orbax"
+  sha256: str | None
+  size: int | None
+  url: str | None
+  licence: str
+  description: str
+
+  def to_json(self) -> dict[str, Any]:
+    return dataclasses.asdict(self)
+
+
+_CELO_RAW = "https://raw.githubusercontent.com/amoudgl/celo/main/algoperf/submissions"
+
+PRETRAINED: dict[str, CheckpointInfo] = {
+    "celo": CheckpointInfo(
+        name="celo", architecture="celo", hparams={}, filename="theta.state", format="celo",
+        sha256="35683c6123069c101d62ec1f8b2e6d70d50a43e67ebe09953b27620a7dcb836b",
+        size=149_216, url=f"{_CELO_RAW}/celo/theta.state", licence="MIT (amoudgl/celo)",
+        description="Celo (Moudgil et al., TMLR 2025): learned MLP update + learned LSTM "
+                    "scheduler, 37,089 meta-parameters; the AlgoPerf submission theta."),
+    "celo-adam": CheckpointInfo(
+        name="celo-adam", architecture="celo_adam", hparams={}, filename="theta.state",
+        format="celo",
+        sha256="99c65fa0218a739c32eac4e8a99523b6fed92e2926d0c5d64e83835637b75d38",
+        size=147_803, url=f"{_CELO_RAW}/celo_adam/theta.state", licence="MIT (amoudgl/celo)",
+        description="Celo-Adam: Adam update with Celo's learned LSTM scheduler, 36,865 "
+                    "meta-parameters."),
+    "velo": CheckpointInfo(
+        name="velo", architecture="velo",
+        hparams={"lstm_hidden_size": 512, "param_inits": 256},
+        filename="params", format="velo", sha256=None, size=9_282_564,
+        url="https://storage.googleapis.com/gresearch/learned_optimization/pretrained_lopts/"
+            "aug12_continue_on_bigger_2xbs_200kstep_bigproblem_v2_5620/params",
+        licence="Apache-2.0 (google/learned_optimization)",
+        description="VeLO (Metz et al. 2022, arXiv 2211.09760): HyperV2 with a 512-unit "
+                    "per-tensor LSTM over 256 banked MLPs, 2,320,385 meta-parameters. No "
+                    "sha256 is published; the download is verified by its size only."),
+    "lopt-fc-v1": CheckpointInfo(
+        name="lopt-fc-v1", architecture="adafac_mlp", hparams={}, filename="", format="orbax",
+        sha256=None, size=None, url=None, licence="Apache-2.0 (lopt)",
+        description="lopt's own small per-parameter MLP optimizer, meta-trained with lopt "
+                    "(bundled when released; its lopt.json gives the architecture)."),
+}
+
+_ALIASES = {"celo_adam": "celo-adam", "lopt_fc_v1": "lopt-fc-v1"}
+
+
+def info(name: str) -> CheckpointInfo:
+  """The registry entry for `name` (`celo_adam` is accepted for `celo-adam`)."""
+  key = _ALIASES.get(name, name)
+  if key not in PRETRAINED:
+    raise KeyError(f"unknown pretrained checkpoint {name!r}; known: "
+                   f"{', '.join(sorted(PRETRAINED))}")
+  return PRETRAINED[key]
+
+
+def cache_dir() -> pathlib.Path:
+  """`${XDG_CACHE_HOME:-~/.cache}/lopt/checkpoints`."""
+  root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+  return pathlib.Path(root) / "lopt" / "checkpoints"
+
+
+def bundled_dir() -> pathlib.Path:
+  """The package-data folder `lopt/learned_opts/checkpoints`."""
+  return pathlib.Path(str(importlib.resources.files("lopt.learned_opts") / "checkpoints"))
+
+
+def _target(root: pathlib.Path, ci: CheckpointInfo) -> pathlib.Path:
+  return root / ci.name / ci.filename if ci.filename else root / ci.name
+
+
+def _present(path: pathlib.Path, ci: CheckpointInfo) -> bool:
+  if ci.format == "orbax":
+    return (path / checkpoint_io.LOPT_JSON).is_file()
+  return path.is_file()
+
+
+def _sha256(path: pathlib.Path) -> str:
+  h = hashlib.sha256()
+  with open(path, "rb") as f:
+    for block in iter(lambda: f.read(1 << 20), b""):
+      h.update(block)
+  return h.hexdigest()
+
+
+def verify(path: pathlib.Path, ci: CheckpointInfo) -> None:
+  """Checks the published size and sha256 of a single-file checkpoint."""
+  if ci.format == "orbax":
+    return
+  size = path.stat().st_size
+  if ci.size is not None and size != ci.size:
+    raise CheckpointIntegrityError(
+        f"{path}: {size:,} bytes, but {ci.name!r} is {ci.size:,} bytes (a partial download or "
+        f"another file?). Delete it and fetch it again from {ci.url}")
+  if ci.sha256 is not None:
+    digest = _sha256(path)
+    if digest != ci.sha256:
+      raise CheckpointIntegrityError(
+          f"{path}: sha256 {digest}, but {ci.name!r} has sha256 {ci.sha256}. Delete it and "
+          f"fetch it again from {ci.url}")
+
+
+def _search_roots() -> list[tuple[str, pathlib.Path]]:
+  roots = []
+  env = os.environ.get("LOPT_CHECKPOINT_DIR")
+  if env:
+    roots.append(("$LOPT_CHECKPOINT_DIR", pathlib.Path(env)))
+  roots.append(("user cache", cache_dir()))
+  roots.append(("bundled", bundled_dir()))
+  return roots
+
+
+def find_local(name: str) -> tuple[str, pathlib.Path] | None:
+  """`(where, path)` of the first local copy of `name` (no download, no hash check)."""
+  ci = info(name)
+  for where, root in _search_roots():
+    path = _target(root, ci)
+    if _present(path, ci):
+      return where, path
+  return None
+
+
+def available(name: str) -> bool:
+  return find_local(name) is not None
+
+
+def _where_to_put(ci: CheckpointInfo) -> str:
+  env = os.environ.get("LOPT_CHECKPOINT_DIR")
+  places = [str(_target(cache_dir(), ci))]
+  if env:
+    places.insert(0, str(_target(pathlib.Path(env), ci)))
+  else:
+    places.append(f"$LOPT_CHECKPOINT_DIR/{ci.name}/{ci.filename}".rstrip("/"))
+  return " or ".join(places)
+
+
+def _download(ci: CheckpointInfo, dest: pathlib.Path) -> pathlib.Path:
+  dest.parent.mkdir(parents=True, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+  try:
+    with os.fdopen(fd, "wb") as out, urllib.request.urlopen(
+        ci.url, timeout=DOWNLOAD_TIMEOUT_S) as resp:
+      shutil.copyfileobj(resp, out, 1 << 20)
+    verify(pathlib.Path(tmp), ci)
+    os.replace(tmp, dest)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.unlink(tmp)
+    raise
+  return dest
+
+
+def resolve_checkpoint(name: str, path: str | os.PathLike | None = None, *,
+                       download: bool = True) -> pathlib.Path:
+  """The local path of checkpoint `name`, downloading it if needed (see the module doc).
+
+  Raises:
+    KeyError: unknown name. FileNotFoundError: an explicit `path` that does not exist.
+    CheckpointIntegrityError: a local or downloaded file with the wrong size/hash.
+    CheckpointUnavailableError: not found locally and no download possible; the message
+      gives the URL and the exact paths to put the file at.
+  """
+  ci = info(name)
+  if path is not None:
+    path = pathlib.Path(path).expanduser()
+    if not path.exists():
+      raise FileNotFoundError(f"{path}: no such file or directory (checkpoint {ci.name!r})")
+    if path.is_dir() and ci.filename and (path / ci.filename).is_file():
+      return path / ci.filename
+    return path
+  found = find_local(ci.name)
+  if found is not None:
+    verify(found[1], ci)
+    return found[1]
+  offline = os.environ.get("LOPT_OFFLINE", "").lower() not in ("", "0", "false", "no")
+  if ci.url is None:
+    raise CheckpointUnavailableError(
+        f"checkpoint {ci.name!r} is not on this machine and has no download URL (it is "
+        f"bundled with lopt releases that include it). Put it at {_where_to_put(ci)}")
+  if not download or offline:
+    why = "LOPT_OFFLINE is set" if offline else "download=False"
+    raise CheckpointUnavailableError(
+        f"checkpoint {ci.name!r} is not on this machine and {why}. Download {ci.url} and "
+        f"put it at {_where_to_put(ci)}")
+  dest = _target(cache_dir(), ci)
+  try:
+    return _download(ci, dest)
+  except (urllib.error.URLError, OSError, TimeoutError) as e:
+    raise CheckpointUnavailableError(
+        f"checkpoint {ci.name!r} could not be downloaded from {ci.url} ({e}); are you "
+        f"offline? Download it elsewhere and put it at {_where_to_put(ci)}") from e
+
+
+def pretrained(name: str, *, path: str | os.PathLike | None = None, download: bool = True
+               ) -> tuple[Any, Any]:
+  """`(lopt, theta)` for a known checkpoint, e.g. `lopt, theta = pretrained("celo")`.
+
+  The theta is checked against the architecture's shapes; for orbax checkpoints the
+  architecture and hparams come from the checkpoint's `lopt.json`.
+  """
+  from lopt.learned_opts import registry
+  ci = info(name)
+  file = resolve_checkpoint(ci.name, path, download=download)
+  if file.is_dir() and (file / checkpoint_io.LOPT_JSON).exists():
+    return checkpoint_io.load_optimizer(file)
+  lopt = registry.get(ci.architecture, **ci.hparams)
+  fmt = None if path is not None else ci.format
+  return lopt, checkpoint_io.load_theta(file, fmt, lopt=lopt)
