@@ -43,3 +43,19 @@ def test_unknown_subcommand_is_a_usage_error():
   with pytest.raises(SystemExit) as e:
     main(["no-such-command"])
   assert e.value.code == 2
+
+
+def test_train_digits_with_official_celo_weights(tmp_path, capsys, shared_dir):
+  ckpt = shared_dir / "pretrained" / "celo" / "celo_theta.state"
+  if not ckpt.exists():
+    pytest.skip(f"official Celo weights not found at {ckpt}")
+  out = tmp_path / "celo"
+  code = main(["train", "--task", "digits-mlp-32", "--optimizer", "celo", "--checkpoint",
+               str(ckpt), "--steps", "300", "--out", str(out), "--no-progress"])
+  assert code == 0
+  final = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+  assert final["uses_num_steps"] is True and final["checkpoint"] == str(ckpt)
+  rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+  first_step_loss = rows[1]["train_loss"]  # mean train loss of the first chunk
+  assert final["train_loss"] < 0.2 * first_step_loss
+  assert final["valid_loss"] < 0.3 * rows[0]["valid_loss"]

@@ -73,11 +73,12 @@ class RunDir:
     import orbax.checkpoint as ocp
     target = {"carry": carry, "history": history}
     restored = self.manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
+        state=ocp.args.StandardRestore(_pack(target)), meta=ocp.args.JsonRestore()))
+    state = _unpack(restored["state"], target)
     eval_index = int(restored["meta"]["eval_index"])
-    history = {k: np.asarray(v) for k, v in restored["state"]["history"].items()}
+    history = {k: np.asarray(v) for k, v in state["history"].items()}
     self._rewrite_metrics(history, eval_index)
-    return restored["state"]["carry"], history, eval_index
+    return state["carry"], history, eval_index
 
   def maybe_save(self, carry: Any, history: dict[str, np.ndarray], eval_index: int,
                  last: bool) -> None:
@@ -85,7 +86,7 @@ class RunDir:
       return
     import orbax.checkpoint as ocp
     self.manager.save(eval_index, args=ocp.args.Composite(
-        state=ocp.args.StandardSave({"carry": carry, "history": history}),
+        state=ocp.args.StandardSave(_pack({"carry": carry, "history": history})),
         meta=ocp.args.JsonSave({"eval_index": eval_index,
                                 "step": int(history["eval_step"][eval_index])})))
     self.manager.wait_until_finished()
@@ -122,6 +123,18 @@ class RunDir:
     tmp.write_text(json.dumps(out, indent=1))
     tmp.replace(self.path / "result.json")
     plot_history(result.history, self.path / "loss_curve.png", title=task_name)
+
+
+def _pack(tree: Any) -> Any:
+  """Orbax refuses zero-size arrays (e.g. unused factored accumulators): store a 1-element
+  stand-in; `_unpack` puts the (empty, so data-free) original back from the target."""
+  import jax
+  return jax.tree.map(lambda x: np.zeros([1], x.dtype) if np.size(x) == 0 else x, tree)
+
+
+def _unpack(restored: Any, target: Any) -> Any:
+  import jax
+  return jax.tree.map(lambda r, t: t if np.size(t) == 0 else r, restored, target)
 
 
 def _num(x) -> float | None:
