@@ -174,3 +174,20 @@ def test_resume_after_sigkill_equals_uninterrupted_run(tmp_path):
   a = json.loads((killed / "result.json").read_text())
   b = json.loads((clean / "result.json").read_text())
   assert a["train_loss"] == b["train_loss"] and a["valid_loss"] == b["valid_loss"]
+
+
+def test_conv_tasks_run_unrolled_blocks_with_the_same_result(monkeypatch):
+  from lopt.tasks import get_task
+  from lopt.training import _loop
+  task = get_task("digits-conv-8-16")
+  assert _loop._has_convolution(task, task.init(jax.random.PRNGKey(0)))
+  assert not _loop._has_convolution(quad(), quad().init(jax.random.PRNGKey(0)))
+  assert _loop._blocks(20, 8) == [8, 8, 4] and _loop._blocks(20, None) == [20]
+  monkeypatch.setattr(_loop, "_CPU_CONV_BLOCK", 4)
+  unrolled = train(task, optax.adam(3e-3), 12, eval_every=6, progress=False)
+  monkeypatch.setattr(_loop, "_has_convolution", lambda task, params: False)
+  rolled = train(task, optax.adam(3e-3), 12, eval_every=6, progress=False)
+  np.testing.assert_allclose(unrolled.history["train_loss"], rolled.history["train_loss"],
+                             rtol=1e-4)
+  np.testing.assert_allclose(unrolled.history["valid_loss"], rolled.history["valid_loss"],
+                             rtol=1e-4)

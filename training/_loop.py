@@ -68,8 +68,8 @@ class _Carry(NamedTuple):
   bad_step: Array    # int32 [], -1 while every loss was finite
 
 
-def _eval_fn(task: Task, params: Any, key: Array, split: str, num_batches: int
-             ) -> tuple[Array, Array]:
+def _eval_fn(task: Task, params: Any, key: Array, split: str, num_batches: int,
+             vectorize: bool = False) -> tuple[Array, Array]:
   """Mean loss and accuracy over the task's fixed eval batches (or sampled ones)."""
   batches = task.eval_batches(split)
   if batches is None:
@@ -81,7 +81,8 @@ def _eval_fn(task: Task, params: Any, key: Array, split: str, num_batches: int
     acc = aux.get("accuracy", jnp.nan) if isinstance(aux, dict) else jnp.nan
     return loss, jnp.asarray(acc, jnp.float32)
 
-  losses, accs = jax.lax.map(one, batches)
+  # vmap keeps convolutions out of a loop body (slow on XLA:CPU, see `_CPU_CONV_BLOCK`).
+  losses, accs = jax.vmap(one)(batches) if vectorize else jax.lax.map(one, batches)
   return jnp.mean(losses), jnp.mean(accs)
 
 
@@ -113,10 +114,30 @@ def _make_chunk(optimizer: optax.GradientTransformationExtraArgs,
     bad_step = jnp.where((carry.bad_step < 0) & ~jnp.isfinite(loss), carry.step, carry.bad_step)
     return _Carry(params, opt_state, carry.step + 1, bad_step), loss
 
-  def chunk(task, carry, key, length):
-    return jax.lax.scan(lambda c, _: step_fn(task, c, key), carry, None, length=length)
+  def chunk(task, carry, key, length, unroll):
+    return jax.lax.scan(lambda c, _: step_fn(task, c, key), carry, None, length=length,
+                        unroll=unroll)
 
-  return jax.jit(chunk, static_argnames=("length",))
+  return jax.jit(chunk, static_argnames=("length", "unroll"))
+
+
+# XLA:CPU runs convolutions inside a while loop (a rolled `lax.scan`) ~30-80x slower than the
+# same convolutions in straight-line code (measured on fmnist-conv-16-32-32: 5.3 s vs 0.06 s
+# per step). On CPU, tasks with convolutions therefore run blocks of fully unrolled steps.
+_CPU_CONV_BLOCK = 8
+
+
+def _has_convolution(task: Task, params: Any) -> bool:
+  batch = task.abstract_batch
+  jaxpr = jax.make_jaxpr(lambda p, b: task.loss(p, jax.random.PRNGKey(0), b)[0])(params, batch)
+  return "conv_general_dilated" in str(jaxpr)
+
+
+def _blocks(length: int, block: int | None) -> list[int]:
+  """Splits a chunk of `length` steps into calls of at most `block` unrolled steps."""
+  if block is None:
+    return [length]
+  return [block] * (length // block) + ([length % block] if length % block else [])
 
 
 def train(task: Task, optimizer: optax.GradientTransformation, num_steps: int, *,
@@ -193,11 +214,14 @@ def train(task: Task, optimizer: optax.GradientTransformation, num_steps: int, *
       carry, history, start_eval = restored
 
   chunk = _make_chunk(optimizer, needs_gradients)
-  evaluate = jax.jit(_eval_fn, static_argnames=("split", "num_batches"))
+  block = (_CPU_CONV_BLOCK if jax.default_backend() == "cpu" and _has_convolution(task, params)
+           else None)
+  evaluate = jax.jit(_eval_fn, static_argnames=("split", "num_batches", "vectorize"))
 
   def do_eval(c: _Carry) -> tuple[float, float]:
     p = c.params if eval_params is None else eval_params(c.opt_state, c.params)
-    loss, acc = evaluate(task, p, eval_key, split=eval_split, num_batches=eval_batches)
+    loss, acc = evaluate(task, p, eval_key, split=eval_split, num_batches=eval_batches,
+                         vectorize=block is not None)
     return float(loss), float(acc)
 
   bar = None
@@ -214,12 +238,17 @@ def train(task: Task, optimizer: optax.GradientTransformation, num_steps: int, *
   compiled: dict[int, Any] = {}
   for i in range(start_eval, len(eval_steps) - 1):
     length = eval_steps[i + 1] - eval_steps[i]
-    if length not in compiled:  # compile outside the timed region
-      compiled[length] = chunk.lower(task, carry, data_key, length=length).compile()
+    calls = _blocks(length, block)
+    for n in set(calls) - set(compiled):  # compile outside the timed region
+      compiled[n] = chunk.lower(task, carry, data_key, length=n,
+                                unroll=n if block else 1).compile()
     t0 = time.perf_counter()
     previous = carry  # the last evaluated (finite) state, returned if this chunk fails
-    carry, losses = compiled[length](task, carry, data_key)
-    losses = np.asarray(jax.block_until_ready(losses))
+    parts = []
+    for n in calls:
+      carry, part = compiled[n](task, carry, data_key)
+      parts.append(part)
+    losses = np.concatenate([np.asarray(x) for x in jax.block_until_ready(parts)])
     elapsed = time.perf_counter() - t0
     history["train_loss"][eval_steps[i]:eval_steps[i + 1]] = losses
     history["wall_time"][i + 1] = history["wall_time"][i] + elapsed
