@@ -98,7 +98,8 @@ def _make_nowcast(spec, base_spec, nowcaster, *, num_steps, checkpoint, period=N
   if num_steps is None:
     raise ValueError("nowcasting needs the run length: pass num_steps")
   base, base_info = make_optimizer(base_spec, num_steps=num_steps, **hparams)
-  model = nino.load_nowcaster(checkpoint or nowcaster)
+  model = (nino.resolve_nowcaster(nowcaster) if checkpoint is None
+           else nino.resolve_nowcaster(nowcaster, path=checkpoint))
   period = int(period or nino.default_period(num_steps))
   tx = nino.nowcast(base, model, period=period, max_steps=num_steps)
   return tx, OptimizerInfo(

@@ -5,6 +5,9 @@ Public API:
   load_nowcaster(name_or_path, path=None) -> Nowcaster "nino" | "wnnp" | "wnnp_h32" | a path
   Nowcaster.predict(history, k) -> params              history: [ctx=5, ...] pytree, k in 1..40
   save_nowcaster(dir, nowcaster)                       orbax weights + nowcaster.json
+  nowcast(base, nowcaster, *, max_steps, period)       the optax wrapper (see nowcast.py)
+  resolve_nowcaster(name)                              "linear", shipped ("nino_lopt",
+                                                       "wnnp_lopt"), official names, paths
   NowcasterConfig, make_model, predict_edges           the models (haiku) for training / inference
   load_torch_zip(path)                                 torch checkpoints without torch
 
@@ -21,8 +24,14 @@ from lopt.learned_opts.nino.model import NowcasterConfig, make_model, predict_ed
 from lopt.learned_opts.nino.nowcaster import (OFFICIAL, Nowcaster, init_nowcaster,
                                               load_nowcaster, save_nowcaster, unzscore, zscore)
 from lopt.learned_opts.nino.torch_io import TorchFormatError, load_torch_zip
+# Imported last: binding `nowcast` (the function) on the package shadows the module name;
+# use importlib.import_module("lopt.learned_opts.nino.nowcast") to reach the module.
+from lopt.learned_opts.nino.nowcast import (SHIPPED, LinearNowcaster, NowcastState,
+                                            default_period, k_schedule, needs_gradients, nowcast,
+                                            resolve_nowcaster)
 
 __all__ = ["EDGE_TYPES", "NeuralGraph", "build_graph", "gpt2_arch", "infer_arch", "laplacian_pe",
            "NowcasterConfig", "make_model", "predict_edges", "OFFICIAL", "Nowcaster",
            "init_nowcaster", "load_nowcaster", "save_nowcaster", "zscore", "unzscore",
-           "TorchFormatError", "load_torch_zip"]
+           "TorchFormatError", "load_torch_zip", "SHIPPED", "LinearNowcaster", "NowcastState",
+           "default_period", "k_schedule", "needs_gradients", "nowcast", "resolve_nowcaster"]
