@@ -1,0 +1,346 @@
+"""`run_benchmark`: tune the baselines, run every (task, optimizer, seed), report.
+
+Layout of the output folder:
+
+    OUT/config.json            what was asked (suite, tasks and budgets, optimizers, seeds)
+    OUT/runs/<task>/<optimizer>/seed_<k>.json   one record per finished run (resume unit)
+    OUT/results.json, results.csv, summary.csv  the numbers
+    OUT/report.md, OUT/plots/*.png              the report
+
+Tuning trials live in the tuning cache (`--tuning-dir`, default `~/.cache/lopt/tuning`)
+and are shared by every benchmark that needs the same (task, budget, search space).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import pathlib
+import sys
+from typing import Sequence
+
+from lopt.eval import _analysis, _jobs, _specs, _tuning, metrics
+from lopt.eval._specs import OptimizerSpec
+
+SUITES = ("train", "heldout", "demo", "paper", "all")
+
+
+class BenchmarkError(ValueError):
+  """Bad benchmark input (unknown suite/task/optimizer, a mismatched output folder)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskEntry:
+  """A task of a benchmark: its suite name, step budget and documentation."""
+
+  name: str
+  num_steps: int
+  split: str = ""
+  description: str = ""
+
+
+def suite_tasks(suite: str, tasks: Sequence[str] | None = None, *,
+                num_steps: int | None = None, budget_scale: float | None = None
+                ) -> list[TaskEntry]:
+  """The tasks of a suite (or the named `tasks`), with their step budgets.
+
+  Args:
+    suite: "train", "heldout", "demo", "paper" or "all" (ignored when `tasks` is given).
+    tasks: explicit task names (any suite).
+    num_steps: override every budget.
+    budget_scale: multiply every budget (rounded, at least 10 steps).
+  """
+  from lopt import tasks as T
+  suite_map = T.SUITE
+  if tasks:
+    names = list(tasks)
+    unknown = [n for n in names if n not in suite_map]
+    if unknown:
+      raise BenchmarkError(f"unknown task(s) {unknown}; see `lopt tasks` for the suite")
+  elif suite in ("train", "heldout"):
+    names = list(T.suite_names(suite))
+  elif suite == "demo":
+    names = [n for n, s in suite_map.items() if getattr(s, "demo", False)]
+  elif suite == "paper":
+    names = [n for n, s in suite_map.items() if getattr(s, "paper", False)]
+  elif suite == "all":
+    names = list(suite_map)
+  else:
+    raise BenchmarkError(f"unknown suite {suite!r}; choose from {', '.join(SUITES)}")
+  if not names:
+    raise BenchmarkError(f"suite {suite!r} has no tasks")
+  out = []
+  for n in names:
+    s = suite_map[n]
+    steps = int(num_steps) if num_steps else int(s.num_steps)
+    if budget_scale and not num_steps:
+      steps = max(10, int(round(steps * budget_scale)))
+    out.append(TaskEntry(n, steps, getattr(s, "split", ""), getattr(s, "description", "")))
+  return out
+
+
+def check_available(specs: Sequence[OptimizerSpec], num_steps: int
+                    ) -> tuple[list[OptimizerSpec], dict[str, str]]:
+  """Splits specs into the ones that can be built here and {label: why not} for the rest.
+
+  A pretrained learned optimizer whose weights are not on this machine (e.g. they must be
+  downloaded) is excluded with the loader's message; an unknown name or a `path=` that
+  does not exist is an error.
+  """
+  from lopt import optimizers, training
+  try:
+    from lopt.learned_opts import CheckpointUnavailableError
+  except ImportError:  # pragma: no cover - learned_opts always ships
+    CheckpointUnavailableError = FileNotFoundError  # noqa: N806
+  ok, excluded = [], {}
+  for s in specs:
+    if s.tuning is not None:
+      if s.name not in optimizers.BASELINES:
+        raise BenchmarkError(f"{s.label!r}: only baselines can be tuned; known: "
+                             f"{', '.join(sorted(optimizers.BASELINES))}")
+      ok.append(s)
+      continue
+    if s.checkpoint is not None and not os.path.exists(s.checkpoint):
+      raise BenchmarkError(f"{s.label!r}: checkpoint {s.checkpoint} does not exist")
+    try:
+      training.make_optimizer(s.name, num_steps=num_steps, checkpoint=s.checkpoint,
+                              **s.hparams_dict)
+    except optimizers.UnknownOptimizerError as e:
+      raise BenchmarkError(str(e)) from None
+    except (CheckpointUnavailableError, FileNotFoundError, OSError) as e:
+      excluded[s.label] = f"{type(e).__name__}: {e}"
+      continue
+    except ValueError as e:
+      raise BenchmarkError(f"{s.label!r}: {e}") from None
+    ok.append(s)
+  return ok, excluded
+
+
+def _run_path(out: pathlib.Path, task: str, spec: OptimizerSpec, seed: int) -> pathlib.Path:
+  return out / "runs" / task / spec.slug / f"seed_{seed}.json"
+
+
+def run_benchmark(suite: str = "demo", optimizers: str | Sequence[str] = "demo", seeds: int = 3,
+                  out: str | os.PathLike = "runs/benchmark", *,
+                  tasks: Sequence[str] | None = None, workers: int = 1,
+                  num_steps: int | None = None, budget_scale: float | None = None,
+                  eval_every: int | None = None, tuning_dir: str | os.PathLike | None = None,
+                  tune_seeds: int = 1, lr_grid: Sequence[float] | None = None,
+                  envelope_factor: int = 4,
+                  compile_cache: bool = True, progress: bool = True, report: bool = True,
+                  plots: bool = True) -> dict:
+  """Benchmarks optimizers on a suite against tuned Adam; resumable.
+
+  Args:
+    suite: "train", "heldout", "demo", "paper" or "all".
+    optimizers: specs (comma-separated string or list; see `lopt.eval.parse_spec`);
+      `adam-tuned` (the reference: targets and speedup envelope) is always run.
+    seeds: benchmark seeds 0..seeds-1 per (task, optimizer).
+    out: the output folder (finished runs there are not redone).
+    tasks: explicit task names instead of the suite.
+    workers: parallel worker processes (1: in this process).
+    num_steps: override every task's budget; `budget_scale` multiplies it instead.
+    eval_every: steps between validation evaluations (default: ~20 per run).
+    tuning_dir: the tuning cache (default `$LOPT_CACHE_DIR/tuning` or
+      `~/.cache/lopt/tuning`).
+    tune_seeds: seeds per tuning trial.
+    lr_grid: replaces every `LR_GRIDS[name]` of `*-tuned` specs (for quick runs and tests;
+      the report shows the grid).
+    envelope_factor: the reference's LR-grid trials run `envelope_factor x` the budget
+      (selection still at the budget), so speedups up to this factor are measurable
+      (VeLOdrome: 10x; AlgoPerf's r_max: 4).
+    compile_cache: use JAX's persistent compilation cache (in `<tuning_dir>/../jax_cache`)
+      unless one is configured already; seeds and reruns then skip compilation.
+    progress: progress bars on stderr.
+    report: write results files, `report.md` and plots.
+    plots: write PNG plots (needs matplotlib).
+
+  Returns:
+    The results dict (also written to `OUT/results.json`).
+
+  Example:
+    >>> res = run_benchmark("demo", "adam-tuned,celo", seeds=3, out="runs/demo")  # doctest: +SKIP
+  """
+  out = pathlib.Path(out)
+  try:
+    specs = _specs.parse_specs(optimizers)
+  except _specs.SpecError as e:
+    raise BenchmarkError(str(e)) from None
+  entries = suite_tasks(suite, tasks, num_steps=num_steps, budget_scale=budget_scale)
+  if seeds < 1:
+    raise BenchmarkError(f"seeds must be >= 1, got {seeds}")
+  if envelope_factor < 1:
+    raise BenchmarkError(f"envelope_factor must be >= 1, got {envelope_factor}")
+  lr_grid = None if lr_grid is None else [float(x) for x in lr_grid]
+  if lr_grid is not None and (not lr_grid or min(lr_grid) <= 0):
+    raise BenchmarkError(f"lr_grid must hold positive learning rates, got {lr_grid}")
+  ref = _specs.parse_spec(_specs.REFERENCE)
+  if all(s.label != ref.label for s in specs):
+    specs = [ref] + specs
+  specs, excluded = check_available(specs, entries[0].num_steps)
+  tuning_dir = pathlib.Path(tuning_dir) if tuning_dir else _tuning.default_tuning_dir()
+  log = (lambda *a: print("[lopt benchmark]", *a, file=sys.stderr)) if progress else (
+      lambda *a: None)
+  for label, why in excluded.items():
+    log(f"not included: {label}: {why}")
+
+  config = {"suite": "custom" if tasks else suite,
+            "tasks": [dataclasses.asdict(e) for e in entries],
+            "optimizers": [s.to_json() for s in specs], "excluded": excluded,
+            "seeds": list(range(seeds)), "eval_every": eval_every, "tune_seeds": tune_seeds,
+            "tuning_dir": str(tuning_dir), "lr_grid": lr_grid,
+            "envelope_factor": int(envelope_factor), "reference": ref.label}
+  _check_config(out, config)
+  _jobs.write_json(out / "config.json", config)
+  cache = tuning_dir.parent / "jax_cache" if compile_cache else None
+
+  # 1. Tuning trials (cached across benchmarks).
+  plans = {(e.name, s.label): _tuning.plan(
+      s, e.name, e.num_steps, tuning_dir=tuning_dir, num_seeds=tune_seeds,
+      eval_every=eval_every, lr_grid=lr_grid,
+      horizon=envelope_factor * e.num_steps if s.label == ref.label else None)
+           for e in entries for s in specs if s.tuning}
+  errors = _jobs.execute([j for p in plans.values() for j in p.jobs], workers=workers,
+                         progress=progress, desc="tuning", compile_cache=cache)
+  tuned = {}
+  for key, p in plans.items():
+    try:
+      tuned[key] = _tuning.decide(p)
+    except RuntimeError as e:
+      errors[str(p.folder)] = str(e)
+
+  # 2. Benchmark runs.
+  jobs = []
+  for e in entries:
+    for s in specs:
+      if s.tuning and (e.name, s.label) not in tuned:
+        continue
+      hp = tuned[(e.name, s.label)]["hparams"] if s.tuning else s.hparams_dict
+      for k in range(seeds):
+        job = _jobs.make_job(task=e.name, num_steps=e.num_steps, optimizer=s.name,
+                             label=s.label, seed=k, hparams=hp, checkpoint=s.checkpoint,
+                             eval_every=eval_every, out=_run_path(out, e.name, s, k))
+        _check_resumable(job)
+        jobs.append(job)
+  errors.update(_jobs.execute(jobs, workers=workers, progress=progress, desc="benchmark",
+                              compile_cache=cache))
+
+  results = collect(out, entries, specs, plans, tuned, seeds=seeds, excluded=excluded,
+                    errors=errors, config=config)
+  if report:
+    from lopt.eval import _report
+    _report.write_all(out, results, plots=plots)
+    log(f"wrote {out / 'report.md'}")
+  return results
+
+
+_SAME = ("tasks", "eval_every", "tune_seeds", "lr_grid", "envelope_factor")
+
+
+def _check_config(out: pathlib.Path, config: dict) -> None:
+  """Resuming into `out` needs the same tasks, budgets and tuning settings (adding
+  optimizers or seeds is fine)."""
+  path = out / "config.json"
+  if not path.is_file():
+    return
+  old = _jobs.read_json(path)
+  new = _jobs.to_jsonable(config)
+  diff = [k for k in _SAME if old.get(k) != new.get(k)]
+  if diff:
+    raise BenchmarkError(
+        f"{out} holds a benchmark with different settings ({', '.join(diff)}); use a new "
+        "--out folder (finished runs there are reused only for the same settings)")
+
+
+def _check_resumable(job: dict) -> None:
+  """An existing record must come from the same job (budget, hyperparameters, ...)."""
+  path = pathlib.Path(job["out"])
+  if not path.is_file():
+    return
+  old = _jobs.read_json(path)["job"]
+  new = _jobs.to_jsonable({k: v for k, v in job.items() if k != "out"})
+  if old != new:
+    diff = sorted(k for k in new if old.get(k) != new[k])
+    raise BenchmarkError(
+        f"{path} holds a run with different settings ({', '.join(diff)}); use a new --out "
+        "folder (or delete that run to redo it)")
+
+
+def collect(out: pathlib.Path, entries: Sequence[TaskEntry], specs: Sequence[OptimizerSpec],
+            plans: dict, tuned: dict, *, seeds: int, excluded: dict, errors: dict,
+            config: dict) -> dict:
+  """Reads every finished run and computes the results dict."""
+  ref = _specs.REFERENCE
+  records: dict[tuple[str, str], list[dict]] = {}
+  for e in entries:
+    for s in specs:
+      recs = []
+      for k in range(seeds):
+        f = _run_path(out, e.name, s, k)
+        if f.is_file():
+          recs.append(_jobs.load_record(f))
+      records[(e.name, s.label)] = recs
+  targets = _analysis.targets_from({e.name: records[(e.name, ref)] for e in entries})
+  envelopes = {}
+  for e in entries:
+    p = plans.get((e.name, ref))
+    curves = _tuning.trial_curves(p) if p is not None else {}
+    if curves:
+      envelopes[e.name] = metrics.AdamEnvelope.from_curves(curves, alpha=_analysis.SMOOTHING)
+  rows = [_analysis.run_metrics(r, targets[e.name], envelopes.get(e.name))
+          for e in entries for s in specs for r in records[(e.name, s.label)]]
+  labels = [s.label for s in specs]
+  summary = _analysis.summarise(rows, [e.name for e in entries], labels)
+  curves = {}
+  for (task, label), recs in records.items():
+    if recs:
+      curves.setdefault(task, {})[label] = {
+          "train_loss": [r["history"]["train_loss"] for r in recs],
+          "eval_step": recs[0]["history"]["eval_step"],
+          "valid_loss": [r["history"]["valid_loss"] for r in recs]}
+  return {
+      "config": config,
+      "targets": targets,
+      "tuning": {f"{t}|{lbl}": v for (t, lbl), v in tuned.items()},
+      "runs": rows,
+      **summary,
+      "excluded": excluded,
+      "errors": errors,
+      "envelopes": {t: {"steps": env.steps, "loss": env.loss} for t, env in envelopes.items()},
+      "_curves": curves,
+  }
+
+
+def rescore(out: str | os.PathLike, *, report: bool = True, plots: bool = True) -> dict:
+  """Recomputes results and the report of a benchmark folder from its files (no training)."""
+  out = pathlib.Path(out)
+  cfg_file = out / "config.json"
+  if not cfg_file.is_file():
+    raise BenchmarkError(f"{out} has no config.json: not a benchmark folder")
+  config = _jobs.read_json(cfg_file)
+  entries = [TaskEntry(**t) for t in config["tasks"]]
+  specs = [OptimizerSpec(name=o["name"], tuning=o["tuning"],
+                         hparams=tuple(sorted(o["hparams"].items())), checkpoint=o["checkpoint"],
+                         label=o["label"], trials=o["trials"]) for o in config["optimizers"]]
+  plans, tuned = {}, {}
+  for e in entries:
+    for s in specs:
+      if s.tuning:
+        factor = config.get("envelope_factor", 1)
+        p = _tuning.plan(s, e.name, e.num_steps, tuning_dir=config["tuning_dir"],
+                         num_seeds=config["tune_seeds"], eval_every=config["eval_every"],
+                         lr_grid=config.get("lr_grid"),
+                         horizon=factor * e.num_steps if s.label == config["reference"]
+                         else None)
+        plans[(e.name, s.label)] = p
+        try:
+          tuned[(e.name, s.label)] = _tuning.decide(p)
+        except RuntimeError:
+          pass
+  results = collect(out, entries, specs, plans, tuned, seeds=len(config["seeds"]),
+                    excluded=config.get("excluded", {}), errors={}, config=config)
+  if report:
+    from lopt.eval import _report
+    _report.write_all(out, results, plots=plots)
+  return results
+

@@ -1,0 +1,200 @@
+"""A tiny end-to-end benchmark (2 tasks x 2 optimizers x 2 seeds): tuning, runs, report,
+plots, resume and the tuning cache."""
+
+import json
+
+import numpy as np
+import pytest
+
+from lopt import eval as E
+from lopt.eval import _jobs
+
+TASKS = ["digits-mlp-32", "digits-mlp-128-gelu"]
+# `adam` at its default lr (1e-3) is also a grid point, so it compiles to the same program.
+KW = dict(tasks=TASKS, seeds=2, num_steps=24, eval_every=6, lr_grid=[1e-3, 3e-2],
+          progress=False)
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory):
+  import jax
+  from jax._src import compilation_cache
+  previous = jax.config.jax_compilation_cache_dir
+  root = tmp_path_factory.mktemp("bench")
+  res = E.run_benchmark("demo", "adam-tuned,adam", out=root / "out",
+                        tuning_dir=root / "cache" / "tuning", **KW)
+  yield root, res
+  # the benchmark turned on the persistent compilation cache: leave the process as found
+  jax.config.update("jax_compilation_cache_dir", previous)
+  compilation_cache.reset_cache()
+
+
+def _count_runs(monkeypatch):
+  calls = []
+  real = _jobs.run_job
+
+  def counting(job):
+    calls.append((job["task"], job["label"], job["seed"]))
+    return real(job)
+
+  monkeypatch.setattr(_jobs, "run_job", counting)
+  return calls
+
+
+def test_results_and_report(bench):
+  root, res = bench
+  out = root / "out"
+  assert len(res["runs"]) == 2 * 2 * 2
+  assert not res["errors"] and not res["excluded"]
+  for t in TASKS:
+    assert np.isfinite(res["targets"][t])
+    assert res["tuning"][f"{t}|adam-tuned"]["hparams"]["learning_rate"] == 3e-2
+  agg = res["aggregate"]
+  # lr 1e-3 for 24 steps is far slower than the tuned 3e-2: speedup well below 1, misses.
+  assert agg["adam"]["speedup_iqm"][0] < 0.5 and agg["adam"]["hit_rate"] == 0.0
+  assert agg["adam-tuned"]["speedup_iqm"][0] == pytest.approx(1.0, abs=0.1)
+  assert agg["adam-tuned"]["hit_rate"] > 0
+  assert agg["adam-tuned"]["algoperf_score_steps"] > agg["adam"]["algoperf_score_steps"]
+  lo, hi = agg["adam"]["speedup_iqm"][1:]
+  assert lo <= agg["adam"]["speedup_iqm"][0] <= hi
+  json.loads((out / "results.json").read_text())  # strict JSON (no NaN/Infinity tokens)
+  rows = (out / "results.csv").read_text().splitlines()
+  assert len(rows) == 1 + 8 and rows[0].startswith("task,optimizer,seed")
+  report = (out / "report.md").read_text()
+  for needle in ("| `adam-tuned` |", "| `adam` |", "digits-mlp-128-gelu", "hit rate",
+                 "plots/performance_profile.png"):
+    assert needle in report
+  for name in ("performance_profile.png", "speedup.png", "loss_digits-mlp-32.png",
+               "loss_digits-mlp-128-gelu.png"):
+    data = (out / "plots" / name).read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+
+
+def test_resume_skips_finished_runs(bench, monkeypatch):
+  root, _ = bench
+  out = root / "out"
+  calls = _count_runs(monkeypatch)
+  E.run_benchmark("demo", "adam-tuned,adam", out=out, tuning_dir=root / "cache" / "tuning",
+                  plots=False, **KW)
+  assert calls == []
+  (out / "runs" / "digits-mlp-32" / "adam" / "seed_1.json").unlink()
+  res = E.run_benchmark("demo", "adam-tuned,adam", out=out,
+                        tuning_dir=root / "cache" / "tuning", plots=False, **KW)
+  assert calls == [("digits-mlp-32", "adam", 1)]
+  assert len(res["runs"]) == 8
+
+
+def test_tuning_cache_reused_across_benchmarks(bench, monkeypatch, tmp_path):
+  root, _ = bench
+  calls = _count_runs(monkeypatch)
+  res = E.run_benchmark("demo", "adam-tuned", out=tmp_path / "other",
+                        tuning_dir=root / "cache" / "tuning", report=False,
+                        **{**KW, "tasks": TASKS[:1], "seeds": 1})
+  assert calls == [("digits-mlp-32", "adam-tuned", 0)]  # no tuning trial reran
+  assert res["tuning"]["digits-mlp-32|adam-tuned"]["hparams"]["learning_rate"] == 3e-2
+
+
+def test_changed_settings_refuse_to_mix(bench):
+  root, _ = bench
+  with pytest.raises(E.BenchmarkError, match="different settings"):
+    E.run_benchmark("demo", "adam-tuned,adam", out=root / "out",
+                    tuning_dir=root / "cache" / "tuning", **{**KW, "num_steps": 30})
+
+
+def test_rescore_reproduces_results(bench):
+  root, res = bench
+  again = E.rescore(root / "out", plots=False)
+  assert again["aggregate"] == res["aggregate"]
+
+
+def test_bad_inputs(tmp_path):
+  with pytest.raises(E.BenchmarkError, match="unknown task"):
+    E.run_benchmark("demo", "adam", out=tmp_path, tasks=["no-such-task"], progress=False)
+  with pytest.raises(E.BenchmarkError, match="unknown suite"):
+    E.run_benchmark("nope", "adam", out=tmp_path, progress=False)
+  with pytest.raises(E.BenchmarkError, match="unknown optimizer"):
+    E.run_benchmark("demo", "adam,no_such_opt", out=tmp_path, tasks=TASKS[:1],
+                    progress=False)
+  assert not (tmp_path / "config.json").exists()
+
+
+def test_specs():
+  s = E.parse_spec("celo:path=/x/celo_theta.state")
+  assert (s.name, s.checkpoint, s.label, s.tuning) == ("celo", "/x/celo_theta.state", "celo",
+                                                       None)
+  assert E.parse_spec("nadamw-tuned:trials=5").trials == 5
+  assert E.parse_spec("lion-tuned").tuning == "lr_grid"
+  s = E.parse_spec("adam:learning_rate=0.01")
+  assert s.hparams_dict == {"learning_rate": 0.01} and s.label == "adam(learning_rate=0.01)"
+  assert E.parse_spec("celo_adam:path=/p:label=ca").label == "ca"
+  with pytest.raises(E.SpecError, match="key=value"):
+    E.parse_spec("celo:oops")
+  with pytest.raises(E.SpecError, match="share the label"):
+    E.parse_specs("celo:path=/a,celo:path=/b")
+  assert [s.label for s in E.parse_specs("adam,adam,lion")] == ["adam", "lion"]
+  assert "adam-tuned" in [s.label for s in E.parse_specs("demo")]
+
+
+def test_unavailable_pretrained_is_excluded_with_reason(tmp_path, monkeypatch):
+  from lopt import learned_opts
+  monkeypatch.setenv("LOPT_CHECKPOINT_DIR", str(tmp_path))
+  monkeypatch.setenv("HOME", str(tmp_path))
+  ok, excluded = E.check_available(E.parse_specs("adam,lopt-fc-v1"), 100)
+  assert [s.label for s in ok] == ["adam"]
+  assert "lopt-fc-v1" in excluded and "Unavailable" in excluded["lopt-fc-v1"]
+  assert "lopt-fc-v1" in learned_opts.PRETRAINED
+  with pytest.raises(E.BenchmarkError, match="does not exist"):
+    E.check_available(E.parse_specs("celo:path=/no/such/file.state"), 100)
+
+
+def test_learning_rate_as_state_matches_registry():
+  import jax.numpy as jnp
+  import optax
+  from lopt import training
+  params = {"w": jnp.linspace(-1.0, 1.0, 5)}
+  for name, hp in [("adam", {"learning_rate": 3e-2}),
+                   ("nadamw", {"learning_rate": 1e-2, "weight_decay": 0.1})]:
+    a, _ = training.make_optimizer(name, num_steps=10, **hp)
+    b, info = _jobs.make_optimizer(name, num_steps=10, **hp)
+    assert info.hparams["learning_rate"] == hp["learning_rate"]
+    pa, pb, sa, sb = params, params, a.init(params), b.init(params)
+    for t in range(5):
+      g = {"w": jnp.sin(3.0 * pa["w"] + t)}
+      ua, sa = a.update(g, sa, pa, loss=1.0)
+      ub, sb = b.update(g, sb, pb, loss=1.0)
+      pa, pb = optax.apply_updates(pa, ua), optax.apply_updates(pb, ub)
+    np.testing.assert_allclose(pa["w"], pb["w"], rtol=1e-6, atol=1e-7)
+    assert not np.allclose(pa["w"], params["w"])
+
+
+def test_cli_usage_errors(tmp_path, capsys):
+  from lopt.cli import main
+  assert main(["benchmark", "--seeds", "0", "--out", str(tmp_path)]) == 2
+  assert main(["benchmark", "--lr-grid", "a,b", "--out", str(tmp_path)]) == 2
+  assert main(["benchmark", "--suite", "nope", "--optimizers", "adam",
+               "--out", str(tmp_path)]) == 2
+  assert main(["benchmark", "report", "--dir", str(tmp_path)]) == 2
+  err = capsys.readouterr().err
+  assert "--seeds must be >= 1" in err and "unknown suite" in err and "config.json" in err
+
+
+def test_cli_report_rewrites_report(bench, capsys):
+  from lopt.cli import main
+  root, _ = bench
+  (root / "out" / "report.md").unlink()
+  assert main(["benchmark", "report", "--dir", str(root / "out"), "--no-plots"]) == 0
+  assert "| `adam-tuned` |" in (root / "out" / "report.md").read_text()
+
+
+def test_tuning_selects_at_the_budget_step():
+  from lopt.eval import _tuning
+  rec = {"history": {"eval_step": np.array([0, 10, 20, 40]),
+                     "valid_loss": np.array([3.0, 2.0, 1.0, 0.5]),
+                     "train_loss": np.ones(40)}}
+  assert _tuning._final_valid_loss(rec, 20) == 1.0
+  assert _tuning._final_valid_loss(rec, 25) == 1.0   # last evaluation at or before 25
+  assert _tuning._final_valid_loss(rec, 40) == 0.5
+  rec["history"]["train_loss"][30] = np.nan           # diverged after the budget: fine
+  assert _tuning._final_valid_loss(rec, 20) == 1.0
+  rec["history"]["train_loss"][15] = np.nan           # diverged within the budget: loses
+  assert _tuning._final_valid_loss(rec, 20) == np.inf
