@@ -22,6 +22,7 @@ from typing import Any
 
 import optax
 
+from lopt.learned_opts._guard import skip_nonfinite
 from lopt.learned_opts.base import LearnedOptimizer, Theta
 from lopt.learned_opts.checkpoint_io import (CheckpointFormatError, ThetaMismatchError,
                                              check_theta, detect_format, load_optimizer,
@@ -121,28 +122,3 @@ def gradient_accumulation(opt: optax.GradientTransformation, every_k: int
   if every_k == 1:
     return optax.with_extra_args_support(opt)
   return optax.MultiSteps(opt, every_k_schedule=every_k).gradient_transformation()
-
-
-def skip_nonfinite(opt: optax.GradientTransformation) -> optax.GradientTransformationExtraArgs:
-  """Skips steps whose gradients (or `loss`) are not finite: zero updates, state unchanged.
-
-  Unlike `optax.apply_if_finite` it never gives up after repeated failures, and it selects
-  with `jnp.where` (no `lax.cond`), so it batches cleanly under `vmap`. `load` applies it.
-
-  Example:
-    opt = skip_nonfinite(lopt.make(theta, num_steps=1000))
-  """
-  import jax
-  import jax.numpy as jnp
-  inner = optax.with_extra_args_support(opt)
-
-  def update(updates, state, params=None, **extra):
-    checked = [updates] + ([extra["loss"]] if extra.get("loss") is not None else [])
-    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(checked)]
-    ok = jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
-    new_updates, new_state = inner.update(updates, state, params, **extra)
-    new_updates = jax.tree.map(lambda u: jnp.where(ok, u, jnp.zeros_like(u)), new_updates)
-    new_state = jax.tree.map(lambda a, b: jnp.where(ok, a, b), new_state, state)
-    return new_updates, new_state
-
-  return optax.GradientTransformationExtraArgs(inner.init, update)

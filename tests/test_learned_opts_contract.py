@@ -103,14 +103,7 @@ def test_jit_chain_dtypes_and_no_recompile(name):
   assert max(moved) > 0, "the optimizer did not move any parameter"
 
 
-# Architectures that do not yet guard against non-finite gradients (reported to lopt-ref).
-# `lopt.learned_opts.load` wraps every rule in `skip_nonfinite`, so `lopt train` is safe.
-_NONFINITE_PENDING = ("adafac_mlp", "celo", "celo_adam", "velo")
-
-
-@pytest.mark.parametrize("name", [
-    pytest.param(n, marks=pytest.mark.xfail(reason="no non-finite guard yet", strict=False))
-    if n in _NONFINITE_PENDING else n for n in sorted(SMALL_HPARAMS)])
+@pytest.mark.parametrize("name", sorted(SMALL_HPARAMS))
 def test_non_finite_gradients_keep_params_finite(name):
   """NaN/inf gradients (clip_by_global_norm spreads one NaN to every leaf): the params stay
   finite, and the optimizer carries on with the next finite gradient."""

@@ -1,0 +1,171 @@
+"""Celo and Celo-Adam (Moudgil et al., TMLR 2025) as optax transforms.
+
+* `Celo`: a learned LSTM scheduler (input: training fraction + loss EMAs, 18 features) scales a
+  learned per-parameter MLP update rule (VeLO's 30 features; one MLP, `param_inits=1`):
+  `step = exp(lstm_lr) * 0.1 * d * exp(0.001 m) * 0.001 * rms(p)`.
+* `CeloAdam`: the same scheduler sets the learning rate of bias-corrected Adam:
+  `lr = exp(lstm_lr) * 0.1 * 0.001`.
+
+Both need `num_steps` (training-fraction and loss-EMA features) and the loss at every step.
+Theta matches amoudgl/celo's `theta.state` files key for key.
+
+    >>> import jax, jax.numpy as jnp
+    >>> lopt = CeloAdam(lstm_hidden_size=8)
+    >>> opt = lopt.make(lopt.init_meta(jax.random.PRNGKey(0)), num_steps=100)
+    >>> params = {"w": jnp.ones((3, 2))}
+    >>> state = opt.init(params)
+    >>> updates, state = opt.update({"w": jnp.ones((3, 2))}, state, params, loss=1.0)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from lopt.learned_opts._guard import skip_nonfinite
+
+from lopt.learned_opts import _accumulators as acc
+from lopt.learned_opts import _features as feat
+from lopt.learned_opts import _hyper
+
+CeloState = _hyper.HyperState
+
+
+def _need_num_steps(name: str, num_steps: int | None) -> int:
+  if num_steps is None or int(num_steps) < 1:
+    raise ValueError(f"{name} needs the training length: make(theta, num_steps=N) with N >= 1 "
+                     "(it sets the training-fraction and loss-EMA features of its scheduler).")
+  return int(num_steps)
+
+
+@dataclasses.dataclass(frozen=True)
+class Celo:
+  """Celo with the published configuration (`celo.factory.get_optimizer("celo")`)."""
+
+  lstm_hidden_size: int = 64
+  param_inits: int = 1
+  ff_hidden_size: int = 4
+  ff_hidden_layers: int = 2
+  momentum_decays: tuple[float, ...] = (0.9, 0.99, 0.999)
+  rms_decays: tuple[float, ...] = (0.999,)
+  adafactor_decays: tuple[float, ...] = (0.9, 0.99, 0.999)
+  exp_mult: float = 0.001
+  step_mult: float = 0.001
+
+  name: str = dataclasses.field(default="celo", init=False)
+
+  def init_meta(self, key: jax.Array) -> dict:
+    nm, nr, nf = len(self.momentum_decays), len(self.rms_decays), len(self.adafactor_decays)
+    return _hyper.init_theta(key, n_lstm_in=18, hidden=self.lstm_hidden_size,
+                             param_inits=self.param_inits,
+                             widths=_hyper.ff_widths(nm, nr, nf), ff_hidden=self.ff_hidden_size,
+                             ff_layers=self.ff_hidden_layers)
+
+  def make(self, theta: Any, *, num_steps: int | None = None, **options: Any
+           ) -> optax.GradientTransformationExtraArgs:
+    """Returns the transform; `update(grads, state, params, loss=...)` needs params and loss."""
+    if options:
+      raise TypeError(f"Celo.make got unknown options {sorted(options)}; it takes none.")
+    if len(self.rms_decays) != 1:
+      raise ValueError("Celo supports exactly one RMS decay, as the reference does.")
+    num_steps = _need_num_steps("Celo", num_steps)
+    spec = _hyper.HyperSpec("celo", tuple(self.momentum_decays), tuple(self.rms_decays),
+                            tuple(self.adafactor_decays), self.ff_hidden_layers, self.exp_mult,
+                            self.step_mult)
+    decays = acc.loss_decays(num_steps)
+
+    def init_fn(params):
+      return _hyper.init_state(spec, theta, params, num_steps)
+
+    def update_fn(grads, state, params=None, *, loss=None, **extra):
+      del extra
+      if params is None or loss is None:
+        raise ValueError("Celo needs params and the current loss: "
+                         "update(grads, state, params, loss=loss).")
+      return _hyper.update(spec, theta, decays, num_steps, grads, state, params, loss)
+
+    return skip_nonfinite(optax.GradientTransformationExtraArgs(init_fn, update_fn))
+
+
+class CeloAdamState(NamedTuple):
+  count: jax.Array        # int32 []
+  mu: Any                 # first moment, parameter-shaped
+  nu: Any                 # second moment, parameter-shaped
+  lstm_hidden: jax.Array  # [n_leaves, H]
+  lstm_cell: jax.Array    # [n_leaves, H]
+  loss_means: jax.Array   # [10]
+  loss_min: jax.Array     # [10]
+
+
+@dataclasses.dataclass(frozen=True)
+class CeloAdam:
+  """Celo's learned scheduler driving Adam (`celo.factory.get_optimizer("celo_adam")`)."""
+
+  lstm_hidden_size: int = 64
+  b1: float = 0.9
+  b2: float = 0.999
+  eps: float = 1e-8
+  step_mult: float = 0.001
+
+  name: str = dataclasses.field(default="celo_adam", init=False)
+
+  def init_meta(self, key: jax.Array) -> dict:
+    return _hyper.init_theta(key, n_lstm_in=18, hidden=self.lstm_hidden_size, param_inits=0,
+                             widths=[], ff_hidden=0, ff_layers=0, with_bank=False)
+
+  def make(self, theta: Any, *, num_steps: int | None = None, **options: Any
+           ) -> optax.GradientTransformationExtraArgs:
+    """Returns the transform; `update(grads, state, params, loss=...)` needs the loss."""
+    if options:
+      raise TypeError(f"CeloAdam.make got unknown options {sorted(options)}; it takes none.")
+    num_steps = _need_num_steps("CeloAdam", num_steps)
+    decays = acc.loss_decays(num_steps)
+    b1, b2, eps, step_mult = self.b1, self.b2, self.eps, self.step_mult
+
+    def init_fn(params):
+      leaves, tree = jax.tree_util.tree_flatten(params)
+      n = len(leaves)
+      zeros = lambda: jax.tree_util.tree_map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
+      init = theta["lstm_init_state"]
+      return CeloAdamState(jnp.zeros([], jnp.int32), zeros(), zeros(),
+                           jnp.tile(jnp.asarray(init["hidden"], jnp.float32), (n, 1)),
+                           jnp.tile(jnp.asarray(init["cell"], jnp.float32), (n, 1)),
+                           jnp.zeros([10], jnp.float32),
+                           999999999999.0 * jnp.ones([10], jnp.float32))
+
+    def update_fn(grads, state, params=None, *, loss=None, **extra):
+      del params, extra
+      if loss is None:
+        raise ValueError("CeloAdam needs the current loss: update(grads, state, params, loss=loss).")
+      loss = jnp.asarray(loss, jnp.float32)
+      means, rmin = acc.loss_update(state.loss_means, state.loss_min, state.count, loss, decays)
+      loss_feat = acc.loss_features(means, rmin, state.count + 1, decays)
+      frac = state.count / jnp.asarray(num_steps, jnp.float32)
+      x = jnp.concatenate([acc.fractional_tanh_embed(frac), loss_feat])[None]   # [1, 18]
+      gl, tree = jax.tree_util.tree_flatten(grads)
+      n = len(gl)
+      rnn = theta["rnn_params"]
+      out, h, c = feat.mix_lstm(rnn, jnp.tile(x, (n, 1)), state.lstm_hidden, state.lstm_cell)
+      lr = jnp.exp((out @ rnn["step_size"]["w"] + rnn["step_size"]["b"])[:, 0]) * 0.1 * step_mult
+      t = state.count + 1
+      d1, d2 = jnp.float32(b1), jnp.float32(b2)
+      bc1 = 1 - b1 ** t
+      bc2 = 1 - b2 ** t
+      us, mus, nus = [], [], []
+      for i, (g, mu, nu) in enumerate(zip(gl, tree.flatten_up_to(state.mu),
+                                          tree.flatten_up_to(state.nu))):
+        g32 = jnp.clip(g.astype(jnp.float32), -1000.0, 1000.0)
+        mu = d1 * mu + (1 - d1) * g32          # float32 decays, as the reference's vmap
+        nu = d2 * nu + (1 - d2) * (g32 * g32)
+        step = (mu / bc1) * (lr[i] / (eps + jnp.sqrt(nu / bc2 + 1e-10)))
+        us.append((-step).astype(g.dtype))
+        mus.append(mu)
+        nus.append(nu)
+      un = lambda xs: jax.tree_util.tree_unflatten(tree, xs)
+      return un(us), CeloAdamState(t, un(mus), un(nus), h, c, means, rmin)
+
+    return skip_nonfinite(optax.GradientTransformationExtraArgs(init_fn, update_fn))

@@ -1,0 +1,199 @@
+"""Per-parameter MLPs and per-tensor LSTM pieces of the reference learned optimizers.
+
+The reference builds a `[*shape, 30]` (VeLO/Celo) or `[*shape, 39]` (AdafacMLP) feature
+tensor, normalises every channel to unit second moment over the tensor, and runs a tiny MLP
+with matmuls. Here the same function is computed without that tensor:
+
+* each channel's normaliser `rsqrt(1e-5 + mean(x_c^2))` is a per-tensor scalar, so it is folded
+  into the first layer's weights (`W0[c] * s_c`);
+* channels that are broadcasts of a factored accumulator (`v_row`, `v_col` and their rsqrt)
+  contribute a per-row / per-column term computed on the small vector, then broadcast;
+* time features that are constant over the tensor fold into the first bias;
+* the first layer is written as scalar-weight multiply-adds over parameter-shaped arrays, so
+  XLA emits one elementwise loop per tensor instead of materialised features and GEMMs.
+
+    >>> import jax.numpy as jnp
+    >>> h = mlp_units([jnp.ones((2, 3))], [jnp.ones((1, 4))], jnp.zeros(4))
+    >>> len(h), h[0].shape
+    (4, (2, 3))
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lopt.learned_opts._accumulators import FactorInfo, safe_rsqrt
+
+_TRUNC_STD = 0.87962566103423978  # std of N(0, 1) truncated to [-2, 2] (haiku's correction)
+
+
+def truncated_normal(key: jax.Array, shape: Sequence[int], stddev: float) -> jax.Array:
+  """haiku.initializers.TruncatedNormal(stddev)."""
+  return jax.random.truncated_normal(key, -2.0, 2.0, tuple(shape), jnp.float32) * (
+      stddev / _TRUNC_STD)
+
+
+def truncated_normals(key: jax.Array, specs: Sequence[tuple[Sequence[int], float]]
+                      ) -> list[jax.Array]:
+  """Several TruncatedNormal(stddev) arrays from ONE draw (cheap to compile)."""
+  sizes = [int(np.prod(shape)) for shape, _ in specs]
+  flat = truncated_normal(key, (sum(sizes),), 1.0)
+  out, start = [], 0
+  for (shape, std), n in zip(specs, sizes):
+    out.append(flat[start:start + n].reshape(tuple(shape)) * std)
+    start += n
+  return out
+
+
+def linear_init(key: jax.Array, n_in: int, n_out: int) -> dict[str, jax.Array]:
+  """hk.Linear defaults: w ~ TruncatedNormal(1/sqrt(n_in)), b = 0."""
+  return {"w": truncated_normal(key, (n_in, n_out), 1.0 / np.sqrt(n_in)),
+          "b": jnp.zeros((n_out,), jnp.float32)}
+
+
+def mean_square(x: jax.Array, n_lead: int = 1) -> jax.Array:
+  """Mean of x^2 over all but the first `n_lead` axes: [c, ...] -> [c]."""
+  return jnp.mean(jnp.square(x), axis=tuple(range(n_lead, x.ndim)))
+
+
+def norm_scale(x: jax.Array) -> jax.Array:
+  """The reference's per-channel `second_moment_normalizer` factor. x: [c, ...] -> [c]."""
+  return jax.lax.rsqrt(1e-5 + mean_square(x))
+
+
+def mlp_units(groups: Sequence[jax.Array], weights: Sequence[jax.Array], bias: jax.Array
+              ) -> list[jax.Array]:
+  """First MLP layer over channel groups, as scalar-weight multiply-adds.
+
+  Args:
+    groups: arrays `[c_i, ...]` whose trailing shape broadcasts to the tensor shape.
+    weights: matching `[c_i, n_units]` (already scaled by the channel normalisers).
+    bias: `[n_units]`.
+
+  Returns:
+    `n_units` pre-activations, each broadcast to the largest trailing shape.
+  """
+  n_units = bias.shape[0]
+  full = max((x.shape[1:] for x in groups), key=lambda s: int(np.prod(s)))
+  out = []
+  for k in range(n_units):
+    acc_full = None
+    acc_small = []
+    for x, w in zip(groups, weights):
+      for c in range(x.shape[0]):
+        t = x[c] * w[c, k]
+        if x.shape[1:] == full:
+          acc_full = t if acc_full is None else acc_full + t
+        else:
+          acc_small.append(t)
+    # Broadcast terms: sum same-shaped small terms before broadcasting.
+    by_shape: dict[tuple, jax.Array] = {}
+    for t in acc_small:
+      by_shape[t.shape] = by_shape[t.shape] + t if t.shape in by_shape else t
+    acc = acc_full + bias[k]
+    for t in by_shape.values():
+      acc = acc + t
+    out.append(acc)
+  return out
+
+
+def dense_units(xs: Sequence[jax.Array], w: jax.Array, b: jax.Array, n_out: int | None = None
+                ) -> list[jax.Array]:
+  """A small dense layer over a list of arrays: out_j = b_j + sum_i xs_i w[i, j]."""
+  n_out = w.shape[1] if n_out is None else n_out
+  out = []
+  for j in range(n_out):
+    acc = xs[0] * w[0, j]
+    for i in range(1, len(xs)):
+      acc = acc + xs[i] * w[i, j]
+    out.append(acc + b[j])
+  return out
+
+
+def relu_all(xs: Sequence[jax.Array]) -> list[jax.Array]:
+  return [jax.nn.relu(x) for x in xs]
+
+
+def hyper_groups(p: jax.Array, g: jax.Array, m: jax.Array, rms: jax.Array, fi: FactorInfo
+                 ) -> list[jax.Array]:
+  """The 14 input groups (30 channels) of HyperV2 / Celo's per-parameter MLP, in the
+  reference's order (`w0__0` ... `w0__13`). m: [3, *s], rms: [1, *s] (new accumulators)."""
+  r = jax.lax.rsqrt(rms + 1e-6)                       # [1, *s]
+  if fi.diag:
+    fac_g = g[None] * safe_rsqrt(fi.row + 1e-9)
+    fac_mom = m * fi.row ** -0.5
+  else:
+    fac_g = g[None] * fi.rf * fi.cf
+    fac_mom = m * fi.rf * fi.cf
+  return [g[None], jnp.clip(g, -0.1, 0.1)[None], p[None], m, rms, m * r, r, fac_g,
+          g[None] * r, fi.row, fi.col, jax.lax.rsqrt(fi.row + 1e-8),
+          jax.lax.rsqrt(fi.col + 1e-8), fac_mom]
+
+
+def adafac_groups(p: jax.Array, g: jax.Array, m: jax.Array, rms: jax.Array, fi: FactorInfo
+                  ) -> list[jax.Array]:
+  """AdafacMLPLOpt's 12 normalised input groups (28 channels), reference order."""
+  r = jax.lax.rsqrt(rms + 1e-6)
+  if fi.diag:
+    fac_g = g[None] * safe_rsqrt(fi.row + 1e-9)
+    fac_mom = m * (fi.row + 1e-6) ** -0.5
+  else:
+    fac_g = g[None] * fi.rf * fi.cf
+    fac_mom = m * fi.rf * fi.cf
+  return [g[None], p[None], m, rms, m * r, r, fac_g, fi.row, fi.col,
+          jax.lax.rsqrt(fi.row + 1e-8), jax.lax.rsqrt(fi.col + 1e-8), fac_mom]
+
+
+def normalized_mlp(groups: Sequence[jax.Array], w0: Sequence[jax.Array], b0: jax.Array,
+                   rest: Sequence[tuple[jax.Array, jax.Array]], n_out: int = 2
+                   ) -> list[jax.Array]:
+  """Per-channel normalised inputs -> ReLU MLP -> the first `n_out` outputs."""
+  w0s = [w * norm_scale(x)[:, None] for x, w in zip(groups, w0)]
+  h = relu_all(mlp_units(groups, w0s, b0))
+  for li, (w, b) in enumerate(rest):
+    last = li == len(rest) - 1
+    h = dense_units(h, w, b, n_out if last else None)
+    if not last:
+      h = relu_all(h)
+  return h
+
+
+# --- per-tensor LSTM (haiku layout) -------------------------------------------------------
+
+def lstm(params: dict, x: jax.Array, hidden: jax.Array, cell: jax.Array
+         ) -> tuple[jax.Array, jax.Array]:
+  """hk.LSTM: gates i, g, f, o from Linear([x, h]); forget bias +1. x: [n, F], h/c: [n, H]."""
+  gated = jnp.concatenate([x, hidden], axis=-1) @ params["w"] + params["b"]
+  i, gg, f, o = jnp.split(gated, 4, axis=-1)
+  f = jax.nn.sigmoid(f + 1)
+  c = f * cell + jax.nn.sigmoid(i) * jnp.tanh(gg)
+  h = jax.nn.sigmoid(o) * jnp.tanh(c)
+  return h, c
+
+
+def mix_lstm(rnn: dict, x: jax.Array, hidden: jax.Array, cell: jax.Array
+             ) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """HyperV2's `_rnn_forward` trunk: mix layers across tensors, then the LSTM.
+
+  `rnn["linear"]` is the reference's dead first mix layer: created, never used.
+  Returns (lstm output [n, H], new hidden, new cell).
+  """
+  mix = jax.nn.relu(x @ rnn["linear_1"]["w"] + rnn["linear_1"]["b"])
+  v = jnp.max(mix, axis=0, keepdims=True)
+  x = x @ rnn["linear_2"]["w"] + rnn["linear_2"]["b"] + v
+  h, c = lstm(rnn["rnn/linear"], x, hidden, cell)
+  return h, h, c
+
+
+def rnn_init(key: jax.Array, n_in: int, hidden: int, extra: dict[str, int]) -> dict:
+  """Haiku-layout params of `_rnn_forward`: linear, linear_1, linear_2, rnn/linear, extras."""
+  fans = {"linear": (n_in, hidden), "linear_1": (n_in, hidden), "linear_2": (n_in, hidden),
+          "rnn/linear": (2 * hidden, 4 * hidden)}
+  fans.update({name: (hidden, n_out) for name, n_out in extra.items()})
+  ws = truncated_normals(key, [(shape, 1.0 / np.sqrt(shape[0])) for shape in fans.values()])
+  return {name: {"w": w, "b": jnp.zeros((shape[1],), jnp.float32)}
+          for (name, shape), w in zip(fans.items(), ws)}

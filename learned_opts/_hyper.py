@@ -1,0 +1,204 @@
+"""The shared update of HyperV2-style learned optimizers (VeLO and Celo).
+
+One step, for a pytree of parameters:
+
+1. the loss goes into a 10-EMA buffer, giving 9 loss features;
+2. a per-tensor feature vector (VeLO: 30 = time, loss, moment statistics, rank; Celo: 18 =
+   time, loss) runs through mix layers and an LSTM whose batch axis is the tensors;
+3. the LSTM output gives, per tensor, mixing coefficients over a bank of per-parameter MLPs
+   and a learning-rate multiplier;
+4. each tensor's mixed MLP maps 30 normalised per-parameter features to a step.
+
+Written after learned_optimization's `hyper_v2.HyperV2` and amoudgl/celo's `Celo`, quirks
+included (dead first mix layer, 3-wide `var_rms`, raw VeLO `lr_mult`, `param_scale` epsilon,
+loss features zero for the first two steps).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lopt.learned_opts import _accumulators as acc
+from lopt.learned_opts import _features as feat
+from lopt.learned_opts import _leaf
+
+# Widths of the 14 per-parameter input groups (w0__0 .. w0__13) for (n_mom, n_rms, n_fac).
+def ff_widths(nm: int, nr: int, nf: int) -> list[int]:
+  return [1, 1, 1, nm, nr, nm, nr, nf, 1, nf, nf, nf, nf, nm]
+
+
+class HyperState(NamedTuple):
+  """State of VeLO / Celo. Accumulators keep the decay axis first (`m: [3, *shape]`)."""
+  count: jax.Array        # int32 [], steps taken
+  m: Any                  # per leaf [n_mom, *shape]
+  rms: Any                # per leaf [n_rms, *shape]
+  v_row: Any              # per leaf factored accumulators (see _accumulators.FactoredLeaf)
+  v_col: Any
+  v_diag: Any
+  lstm_hidden: jax.Array  # [n_leaves, H]
+  lstm_cell: jax.Array    # [n_leaves, H]
+  loss_means: jax.Array   # [10]
+  loss_min: jax.Array     # [10]
+
+
+@dataclasses.dataclass(frozen=True)
+class HyperSpec:
+  """Static description of one variant (hashable)."""
+  variant: str                       # "velo" | "celo"
+  momentum_decays: tuple[float, ...]
+  rms_decays: tuple[float, ...]
+  adafactor_decays: tuple[float, ...]
+  hidden_layers: int
+  exp_mult: float
+  step_mult: float
+  bugged_next_lstm_state: bool = False
+
+
+def _clip_log_abs(v: jax.Array) -> jax.Array:
+  return jnp.clip(jnp.log(1e-8 + jnp.abs(v * 10.0)), -5, 5) * 0.5
+
+
+def velo_tensor_features(p: jax.Array, m: jax.Array, rms: jax.Array, time_loss: jax.Array
+                         ) -> jax.Array:
+  """HyperV2's per-tensor LSTM input (30): sorted keys fraction_left, loss_features,
+  mean_rms, rank, var_m, var_rms. Uses the *previous* m [k, *s] and rms [1, *s]."""
+  if p.size <= _leaf.BLOCK:   # exact two-pass statistics, as the reference
+    axes = tuple(range(1, m.ndim))
+    nmult = jax.lax.rsqrt(jnp.maximum(1e-9, jnp.mean(p ** 2)))
+    m = m * nmult
+    rms = rms * nmult
+    mean_m = jnp.mean(m, axis=axes, keepdims=True)                   # [k, 1...]
+    var_m = jnp.mean(jnp.square(m - mean_m), axis=axes)              # [k]
+    mean_rms = jnp.mean(rms, axis=axes)                              # [1]
+    var_rms = jnp.mean(jnp.square(rms - mean_m), axis=axes)          # [k]: the 3-wide quirk
+  else:                        # one blocked pass of sums (large tensors)
+    n = float(p.size)
+    sp2, sm, sm2, sr, sr2 = _leaf.tensor_moment_sums(p, m, rms)
+    nmult = jax.lax.rsqrt(jnp.maximum(1e-9, sp2 / n))
+    mu = sm / n                                                      # unscaled mean of m
+    var_m = jnp.maximum(sm2 / n - mu * mu, 0.0) * nmult ** 2
+    mean_rms = sr / n * nmult
+    var_rms = (sr2 / n - 2 * (sr / n) * mu + mu * mu) * nmult ** 2   # E[(rms - mean_m)^2]
+  n_rank = int(np.sum(np.asarray(p.shape) > 1))
+  rank = jax.nn.one_hot(n_rank, 5, dtype=jnp.float32)
+  return jnp.concatenate([time_loss, _clip_log_abs(mean_rms), rank, _clip_log_abs(var_m),
+                          _clip_log_abs(var_rms)])
+
+
+def init_state(spec: HyperSpec, theta: Any, params: Any, num_steps: int) -> HyperState:
+  del num_steps
+  leaves, tree = jax.tree_util.tree_flatten(params)
+  nm, nr, nf = (len(spec.momentum_decays), len(spec.rms_decays), len(spec.adafactor_decays))
+  facs = [acc.fac_init(p, nf) for p in leaves]
+  un = lambda xs: jax.tree_util.tree_unflatten(tree, list(xs))
+  n = len(leaves)
+  init = theta["lstm_init_state"]
+  return HyperState(
+      count=jnp.zeros([], jnp.int32),
+      m=un(jnp.zeros((nm,) + p.shape, jnp.float32) for p in leaves),
+      rms=un(jnp.zeros((nr,) + p.shape, jnp.float32) for p in leaves),
+      v_row=un(f.v_row for f in facs), v_col=un(f.v_col for f in facs),
+      v_diag=un(f.v_diag for f in facs),
+      lstm_hidden=jnp.tile(jnp.asarray(init["hidden"], jnp.float32), (n, 1)),
+      lstm_cell=jnp.tile(jnp.asarray(init["cell"], jnp.float32), (n, 1)),
+      loss_means=jnp.zeros([10], jnp.float32),
+      loss_min=999999999999.0 * jnp.ones([10], jnp.float32))
+
+
+def update(spec: HyperSpec, theta: Any, loss_decays: jax.Array, num_steps: int,
+           grads: Any, state: HyperState, params: Any, loss: jax.Array
+           ) -> tuple[Any, HyperState]:
+  """One step; returns (updates = new_params - params, new state)."""
+  nm, nr, nf = (len(spec.momentum_decays), len(spec.rms_decays), len(spec.adafactor_decays))
+  loss = jnp.asarray(loss, jnp.float32)
+  means, rmin = acc.loss_update(state.loss_means, state.loss_min, state.count, loss, loss_decays)
+  loss_feat = acc.loss_features(means, rmin, state.count + 1, loss_decays)
+  frac = state.count / jnp.asarray(num_steps, jnp.float32)
+  time_loss = jnp.concatenate([acc.fractional_tanh_embed(frac), loss_feat])   # [18]
+
+  leaves, tree = jax.tree_util.tree_flatten(params)
+  gl = tree.flatten_up_to(grads)   # clipped to +-1000 inside each tensor's blocks
+  ml, rl = tree.flatten_up_to(state.m), tree.flatten_up_to(state.rms)
+  n = len(leaves)
+
+  # --- per-tensor LSTM -------------------------------------------------------------------
+  if spec.variant == "velo":
+    x = jnp.stack([velo_tensor_features(p, m, r, time_loss) for p, m, r in zip(leaves, ml, rl)])
+  else:
+    x = jnp.tile(time_loss[None], (n, 1))
+  rnn = theta["rnn_params"]
+  out, h, c = feat.mix_lstm(rnn, x, state.lstm_hidden, state.lstm_cell)
+  if spec.bugged_next_lstm_state:
+    h, c = state.lstm_hidden, state.lstm_cell
+  step_out = (out @ rnn["step_size"]["w"] + rnn["step_size"]["b"])[:, 0]          # [n]
+  controls = out @ rnn["rnn_to_controls"]["w"] + rnn["rnn_to_controls"]["b"]      # [n, P]
+  if spec.variant == "velo":
+    lr_mult, mult = step_out, 100.0
+  else:
+    lr_mult, mult = jnp.exp(step_out) * 0.1, 1.0
+    controls = jax.nn.softmax(controls, axis=-1)
+
+  bank = theta["ff_mod_stack"]["~"]
+
+  def mix(w):  # [P, ...] -> [n, ...]: mult * mean_p(w_p * c_p), as the reference computes it
+    c = controls.reshape(controls.shape + (1,) * (w.ndim - 1))
+    return mult * jnp.mean(w[None] * c, axis=1)
+
+  ff = {k: mix(jnp.asarray(v)) for k, v in bank.items()}
+
+  # --- per-parameter MLP -----------------------------------------------------------------
+  mom_d = jnp.asarray(spec.momentum_decays, jnp.float32)
+  rms_d = jnp.asarray(spec.rms_decays, jnp.float32)
+  fac_d = jnp.asarray(spec.adafactor_decays, jnp.float32)
+  vrl, vcl, vdl = (tree.flatten_up_to(state.v_row), tree.flatten_up_to(state.v_col),
+                   tree.flatten_up_to(state.v_diag))
+  outs = {k: [] for k in ("u", "m", "rms", "fac")}
+  for i, (p, g, m, v, vr, vc, vd) in enumerate(zip(leaves, gl, ml, rl, vrl, vcl, vdl)):
+    w0 = [ff[f"w0__{j}"][i] for j in range(14)]
+    rest = [(ff[f"w{j}"][i], ff[f"b{j}"][i]) for j in range(1, spec.hidden_layers + 1)]
+
+    def step_fn(d, mag, mean_p2, lr=lr_mult[i]):
+      param_scale = jnp.sqrt(mean_p2 + 1e-9)
+      return lr * (d * (param_scale * jnp.exp(mag * spec.exp_mult)) * spec.step_mult)
+
+    u, m, v, fl = _leaf.leaf_update(feat.hyper_groups, p, g, m, v, acc.FactoredLeaf(vr, vc, vd),
+                                    mom_d, rms_d, fac_d, w0, ff["b0"][i], rest, step_fn,
+                                    p_channel=2, clip=1000.0)
+    outs["u"].append(u)
+    outs["m"].append(m)
+    outs["rms"].append(v)
+    outs["fac"].append(fl)
+
+  un = lambda xs: jax.tree_util.tree_unflatten(tree, xs)
+  new_state = HyperState(state.count + 1, un(outs["m"]), un(outs["rms"]),
+                         un([f.v_row for f in outs["fac"]]), un([f.v_col for f in outs["fac"]]),
+                         un([f.v_diag for f in outs["fac"]]), h, c, means, rmin)
+  return un(outs["u"]), new_state
+
+
+def init_theta(key: jax.Array, *, n_lstm_in: int, hidden: int, param_inits: int,
+               widths: list[int], ff_hidden: int, ff_layers: int, with_bank: bool = True
+               ) -> dict:
+  """Haiku-layout theta: lstm_init_state, rnn_params, ff_mod_stack (keys as the reference)."""
+  k_bank, k_rnn = jax.random.split(key)
+  extra = {"rnn_to_controls": param_inits, "step_size": 1} if with_bank else {"step_size": 1}
+  theta = {"lstm_init_state": {"hidden": jnp.zeros([1, hidden], jnp.float32),
+                               "cell": jnp.zeros([1, hidden], jnp.float32)},
+           "rnn_params": feat.rnn_init(k_rnn, n_lstm_in, hidden, extra)}
+  if with_bank:
+    n_in = sum(widths)
+    sizes = [ff_hidden] * ff_layers + [3]
+    shapes = {f"w0__{j}": ((w, ff_hidden), n_in) for j, w in enumerate(widths)}
+    shapes.update({f"w{li}": ((sizes[li - 1], sizes[li]), sizes[li - 1])
+                   for li in range(1, len(sizes))})
+    ws = feat.truncated_normals(k_bank, [((param_inits,) + shape, 1.0 / np.sqrt(fan_in))
+                                         for shape, fan_in in shapes.values()])
+    bank = dict(zip(shapes, ws))
+    bank.update({f"b{li}": jnp.zeros([param_inits, s], jnp.float32) for li, s in enumerate(sizes)})
+    theta["ff_mod_stack"] = {"~": bank}
+  return theta
