@@ -1,1 +1,54 @@
-"""See the README for this subpackage."""
+"""Meta-training: truncated unrolls of task populations, gradient estimators, the outer loop.
+
+See docs/readme/meta.md.
+"""
+
+from lopt.meta._estimators import FullES
+from lopt.meta._estimators import LOSS_TYPES
+from lopt.meta._estimators import Multi
+from lopt.meta._estimators import PES
+from lopt.meta._estimators import TBPTT
+from lopt.meta._estimators import TruncatedES
+from lopt.meta._estimators import UnrollState
+from lopt.meta._estimators import population_estimate
+from lopt.meta._estimators import population_init
+from lopt.meta._schedules import ConstantSchedule
+from lopt.meta._schedules import LogUniformSchedule
+from lopt.meta._schedules import get_schedule
+from lopt.meta._unroll import InnerState
+from lopt.meta._unroll import StepOut
+from lopt.meta._unroll import Unroller
+from lopt.meta._train import MetaState
+from lopt.meta._train import MetaTrainer
+from lopt.meta._train import MetricsWriter
+from lopt.meta._train import outer_optimizer
+from lopt.meta._train import run
+from lopt.meta._checkpoint import Checkpointer
+from lopt.meta import distributed
+from lopt.meta import testing
+
+__all__ = [
+    "Checkpointer",
+    "distributed",
+    "testing",
+    "MetaState",
+    "MetaTrainer",
+    "MetricsWriter",
+    "outer_optimizer",
+    "run",
+    "ConstantSchedule",
+    "FullES",
+    "InnerState",
+    "LOSS_TYPES",
+    "LogUniformSchedule",
+    "Multi",
+    "PES",
+    "StepOut",
+    "TBPTT",
+    "TruncatedES",
+    "UnrollState",
+    "Unroller",
+    "get_schedule",
+    "population_estimate",
+    "population_init",
+]

@@ -1,0 +1,50 @@
+"""`lopt meta-train --config configs/X.py --workdir DIR [--set key=value ...]`."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers) -> None:
+  p = subparsers.add_parser(
+      "meta-train", help="meta-train a learned optimizer from a config file (resumable)",
+      description="Meta-trains a learned optimizer as described by a config file "
+      "(configs/<name>.py with get_config()). Rerun the same command to resume.")
+  p.add_argument("--config", required=True, help="path to a config file, e.g. configs/meta_smoke.py")
+  p.add_argument("--workdir", required=True, help="run directory (metrics, checkpoints, theta)")
+  p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+                 help="override a config value, e.g. --set outer.learning_rate=1e-3 (repeatable)")
+  p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+  p.add_argument("--no-compile-cache", action="store_true",
+                 help="do not use JAX's persistent compilation cache (default: "
+                 "$LOPT_CACHE_DIR/jax or ~/.cache/lopt/jax)")
+  p.add_argument("--distributed", action="store_true",
+                 help="call jax.distributed.initialize() first (multi-host; reads the "
+                 "cluster environment or --coordinator/--num-processes/--process-id)")
+  p.add_argument("--coordinator", default=None, help="host:port of process 0")
+  p.add_argument("--num-processes", type=int, default=None)
+  p.add_argument("--process-id", type=int, default=None)
+  p.set_defaults(func=_main)
+
+
+def _main(args: argparse.Namespace) -> int:
+  from lopt.cli import UsageError
+  from lopt.meta import distributed
+  from lopt.meta._config import ConfigError, apply_overrides, load_config
+  try:
+    cfg = apply_overrides(load_config(args.config), args.overrides)
+  except ConfigError as e:
+    raise UsageError(str(e)) from None
+  if args.distributed:
+    distributed.initialize(args.coordinator, args.num_processes, args.process_id)
+  from lopt.meta._experiment import enable_compile_cache, meta_train
+  if not args.no_compile_cache:
+    enable_compile_cache()
+  try:
+    summary = meta_train(cfg, args.workdir, progress=not args.no_progress)
+  except ConfigError as e:
+    raise UsageError(str(e)) from None
+  if summary.get("theta"):
+    print(f"meta-trained {summary['step']} outer steps ({summary['skipped']} skipped); "
+          f"theta saved to {summary['theta']}")
+  return 0

@@ -1,0 +1,108 @@
+"""`meta_train(cfg, workdir)`: the whole experiment behind `lopt meta-train`.
+
+Writes into `workdir`: `config.json` (the resolved config; a rerun with a different config
+is refused), `metrics.jsonl`, `eval.jsonl`, `checkpoints/<step>/` (orbax, keep N) and, at
+the end, `theta/` (`lopt.learned_opts.save_theta`: loadable with `load_optimizer`).
+Rerunning the same command resumes from the latest checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+from typing import Any
+
+import jax
+
+from lopt.meta._config import ConfigError, build_eval_fn, build_trainer
+from lopt.meta._checkpoint import to_host
+from lopt.meta._train import run
+
+__all__ = ["meta_train", "export_theta", "enable_compile_cache", "default_cache_dir"]
+
+
+def default_cache_dir() -> pathlib.Path:
+  """`$LOPT_CACHE_DIR/jax`, else `~/.cache/lopt/jax`."""
+  import os
+  root = os.environ.get("LOPT_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache",
+                                                          "lopt")
+  return pathlib.Path(root) / "jax"
+
+
+def enable_compile_cache(folder: str | pathlib.Path | None = None) -> None:
+  """Turns on JAX's persistent compilation cache (unless one is configured already): a
+  rerun or resume of the same config skips the compile that dominates its first step."""
+  if jax.config.jax_compilation_cache_dir:
+    return
+  jax.config.update("jax_compilation_cache_dir", str(folder or default_cache_dir()))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+
+
+def _check_config(workdir: pathlib.Path, cfg: dict, *, write: bool) -> None:
+  """Refuses a workdir holding another config; with `write`, records this one."""
+  path = workdir / "config.json"
+  text = json.dumps(cfg, indent=1, sort_keys=True)
+  if path.exists():
+    if json.loads(path.read_text()) != json.loads(text):
+      raise ConfigError(f"{workdir} holds a run with a different config ({path}); resume it "
+                        "with the same config and --set values, or pick a new --workdir")
+    return
+  if write:
+    workdir.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def meta_train(cfg: dict, workdir: str | pathlib.Path, *, progress: bool = True,
+               stop_after: int | None = None, devices=None) -> dict[str, Any]:
+  """Runs (or resumes) the experiment `cfg` in `workdir`; returns a summary dict."""
+  workdir = pathlib.Path(workdir)
+  primary = jax.process_index() == 0
+  if primary:
+    _check_config(workdir, cfg, write=False)
+  trainer = build_trainer(cfg, devices=devices)  # invalid configs fail here, nothing written
+  if primary:
+    _check_config(workdir, cfg, write=True)
+  state = run(trainer, workdir, num_steps=int(cfg["num_steps"]), seed=int(cfg["seed"]),
+              checkpoint_every=int(cfg["checkpoint_every"]), keep=int(cfg["keep"]),
+              log_every=int(cfg["log_every"]), eval_every=int((cfg.get("eval") or {})
+                                                               .get("every", 0)),
+              eval_fn=build_eval_fn(cfg, trainer.lopt), progress=progress,
+              stop_after=stop_after)
+  theta = to_host(state.theta)
+  step = int(to_host(state.step))
+  summary = {"step": step, "skipped": int(to_host(state.skipped)), "workdir": str(workdir)}
+  if jax.process_index() == 0 and step >= int(cfg["num_steps"]):
+    from lopt.learned_opts import UnknownOptimizerError, save_theta, save_theta_msgpack
+    try:
+      save_theta(workdir / "theta", trainer.lopt, theta, overwrite=True,
+                 extra_meta={"outer_step": step, "config": cfg.get("name", "")})
+      summary["theta"] = str(workdir / "theta")
+    except UnknownOptimizerError:  # a test stand-in outside the registry: bare msgpack
+      save_theta_msgpack(workdir / "theta.msgpack", theta, step=step)
+      summary["theta"] = str(workdir / "theta.msgpack")
+  return summary
+
+
+def export_theta(workdir: str | pathlib.Path, out: str | pathlib.Path, *,
+                 step: int | None = None) -> pathlib.Path:
+  """Writes theta of a run's checkpoint (latest by default) with `save_theta`.
+
+  Useful when a run was stopped before `num_steps` (e.g. by a time limit).
+  """
+  from lopt.learned_opts import save_theta
+  from lopt.meta._checkpoint import Checkpointer
+  workdir = pathlib.Path(workdir)
+  cfg = json.loads((workdir / "config.json").read_text())
+  trainer = build_trainer(cfg, devices=jax.devices()[:1])
+  ckpt = Checkpointer(workdir / "checkpoints")
+  step = ckpt.latest_step() if step is None else step
+  if step is None:
+    raise ConfigError(f"{workdir} has no checkpoint yet")
+  template = jax.eval_shape(trainer._init, trainer.estimators, jax.random.PRNGKey(0))
+  state = ckpt.restore(step, template)
+  ckpt.close()
+  return save_theta(out, trainer.lopt, state.theta, overwrite=True,
+                    extra_meta={"outer_step": int(state.step), "config": cfg.get("name", ""),
+                                "skipped": int(state.skipped)})
