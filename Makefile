@@ -15,9 +15,18 @@ install: $(BIN)/python
 install-test: $(BIN)/python
 	$(PIP) install -e ".[test]"
 
-## demo: benchmark the offline learned optimizers against tuned Adam on the `demo` suite
+SHARED ?= ../shared/pretrained
+CKPT := runs/checkpoints
+
+## demo: benchmark the offline learned optimizers against tuned Adam on the `demo` suite.
+## Official weights found in $(SHARED) (Celo, Celo-Adam, NiNo) are linked in; the others are
+## reported as not included, with the reason.
 demo: install
-	$(BIN)/lopt benchmark --suite demo --optimizers demo --seeds 3 --out runs/demo
+	@mkdir -p $(CKPT)/celo $(CKPT)/celo-adam $(CKPT)/nino
+	@if [ -f $(SHARED)/celo/celo_theta.state ]; then ln -sf $(abspath $(SHARED))/celo/celo_theta.state $(CKPT)/celo/theta.state; fi
+	@if [ -f $(SHARED)/celo/celo_adam_theta.state ]; then ln -sf $(abspath $(SHARED))/celo/celo_adam_theta.state $(CKPT)/celo-adam/theta.state; fi
+	@for f in $(SHARED)/nino/*.pt; do [ -f "$$f" ] && ln -sf $(abspath $(SHARED))/nino/$$(basename $$f) $(CKPT)/nino/; done; true
+	LOPT_CHECKPOINT_DIR=$(CKPT) $(BIN)/lopt benchmark --suite demo --optimizers demo --seeds 3 --out runs/demo
 
 ## test: the default (fast) suite, offline, on CPU
 test: install-test

@@ -19,6 +19,7 @@ epoch; the digits split is lopt's 1197/300/300 (reference: 1437/360).
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import json
 import math
@@ -80,8 +81,14 @@ def run_one(task, tx, steps: int, seed: int, eval_every: int, eval_examples: int
     _, aux = t.loss(p, None, batch)
     return aux["accuracy"]
 
-  @jax.jit
-  def chunk(t, p, s, start):
+  # As `lopt.training.train`: XLA:CPU runs convolutions inside a rolled scan ~50x slower, so
+  # conv tasks on CPU run blocks of `_CPU_CONV_BLOCK` fully unrolled steps.
+  from lopt.training import _loop
+  block = (_loop._CPU_CONV_BLOCK if jax.default_backend() == "cpu"
+           and _loop._has_convolution(task, params) else None)
+
+  @functools.partial(jax.jit, static_argnames=("length",))
+  def chunk(t, p, s, start, length):
     def step(carry, i):
       p, s = carry
       key = jax.random.fold_in(key_data, i)
@@ -91,14 +98,18 @@ def run_one(task, tx, steps: int, seed: int, eval_every: int, eval_examples: int
       loss, g = jax.lax.cond(nc.needs_gradients(s), loss_grad, no_grad)
       u, s = tx.update(g, s, p)
       return (optax.apply_updates(p, u), s), loss
-    (p, s), losses = jax.lax.scan(step, (p, s), start + jnp.arange(eval_every))
+    (p, s), losses = jax.lax.scan(step, (p, s), start + jnp.arange(length),
+                                  unroll=length if block else 1)
     return p, s, losses
 
   state = tx.init(params)
   accs = [float(evaluate(task, params))]
   t0 = time.perf_counter()
   for start in range(0, steps, eval_every):
-    params, state, _ = chunk(task, params, state, jnp.asarray(start))
+    offset = start
+    for n in _loop._blocks(eval_every, block):
+      params, state, _ = chunk(task, params, state, jnp.asarray(offset), length=n)
+      offset += n
     accs.append(float(evaluate(task, params)))
   return {"acc": accs, "wall_s": time.perf_counter() - t0}
 

@@ -147,13 +147,10 @@ def parse_specs(text: str | list[str]) -> list[OptimizerSpec]:
 
 
 def demo_specs() -> list[str]:
-  """The demo set: `adam-tuned` (the reference), untuned `adam` and `nadamw`, and every
-  pretrained learned optimizer lopt knows (`lopt.learned_opts.PRETRAINED`). The runner
-  drops those whose weights are not on this machine and says why."""
-  names = ["adam-tuned", "adam", "nadamw"]
-  try:
-    from lopt import learned_opts
-    names += list(getattr(learned_opts, "PRETRAINED", {}))
-  except ImportError:  # pragma: no cover - learned_opts always ships
-    pass
-  return names
+  """The demo set: `adam-tuned` (the reference), untuned `adam` and `nadamw`, every
+  pretrained learned optimizer lopt knows (`lopt.learned_opts.PRETRAINED`), and Adam with
+  nowcasting by our shipped WNN+ / NiNo and the official NiNo. The runner drops those whose
+  weights are not on this machine and says why."""
+  from lopt import learned_opts
+  return (["adam-tuned", "adam", "nadamw"] + list(learned_opts.PRETRAINED)
+          + ["adam+wnnp_lopt", "adam+nino_lopt", "adam+nino"])

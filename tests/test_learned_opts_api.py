@@ -332,7 +332,7 @@ def test_cli_pretrained_list_and_show(clean_env, shared_dir, monkeypatch, capsys
   assert main(["pretrained", "list"]) == 0
   out = capsys.readouterr().out
   assert "velo" in out and "celo-adam" in out and "$LOPT_CHECKPOINT_DIR" in out
-  assert "lopt-fc-v1" not in out  # not bundled in this build: skipped
+  assert "bundled: " in out and "lopt-fc-v1" in out  # ours ships as package data
   assert main(["pretrained", "show", "velo"]) == 0
   shown = json.loads(capsys.readouterr().out)
   assert shown["size"] == 9_282_564 and shown["architecture"] == "velo"
