@@ -202,3 +202,12 @@ def init_theta(key: jax.Array, *, n_lstm_in: int, hidden: int, param_inits: int,
     bank.update({f"b{li}": jnp.zeros([param_inits, s], jnp.float32) for li, s in enumerate(sizes)})
     theta["ff_mod_stack"] = {"~": bank}
   return theta
+
+
+def init_theta_for(lopt: Any, key: jax.Array, *, n_lstm_in: int) -> dict:
+  """`init_theta` with the sizes of a VeLO/Celo dataclass (`lopt`'s decays and widths)."""
+  widths = ff_widths(len(lopt.momentum_decays), len(lopt.rms_decays),
+                     len(lopt.adafactor_decays))
+  return init_theta(key, n_lstm_in=n_lstm_in, hidden=lopt.lstm_hidden_size,
+                    param_inits=lopt.param_inits, widths=widths, ff_hidden=lopt.ff_hidden_size,
+                    ff_layers=lopt.ff_hidden_layers)

@@ -105,11 +105,7 @@ class VeLO:
                             self.step_mult, self.use_bugged_next_lstm_state)
 
   def init_meta(self, key: jax.Array) -> dict:
-    nm, nr, nf = len(self.momentum_decays), len(self.rms_decays), len(self.adafactor_decays)
-    return _hyper.init_theta(key, n_lstm_in=30, hidden=self.lstm_hidden_size,
-                             param_inits=self.param_inits,
-                             widths=_hyper.ff_widths(nm, nr, nf), ff_hidden=self.ff_hidden_size,
-                             ff_layers=self.ff_hidden_layers)
+    return _hyper.init_theta_for(self, key, n_lstm_in=30)
 
   def make(self, theta: Any, *, num_steps: int | None = None, **options: Any
            ) -> optax.GradientTransformationExtraArgs:
