@@ -59,3 +59,21 @@ def test_train_digits_with_official_celo_weights(tmp_path, capsys, shared_dir):
   first_step_loss = rows[1]["train_loss"]  # mean train loss of the first chunk
   assert final["train_loss"] < 0.2 * first_step_loss
   assert final["valid_loss"] < 0.3 * rows[0]["valid_loss"]
+
+
+def test_missing_fashion_mnist_files_say_how_to_get_them(tmp_path, monkeypatch, capsys):
+  from lopt.tasks import _data, datasets
+  monkeypatch.setenv("LOPT_DATA_DIR", str(tmp_path / "data"))
+  monkeypatch.setenv("LOPT_FASHION_MNIST_DIR", str(tmp_path / "no-idx-files-here"))
+  datasets.clear_cache()
+  _data.image_data.cache_clear()
+  try:
+    code = main(["train", "--task", "fmnist8-mlp-32", "--steps", "10", "--out",
+                 str(tmp_path / "run"), "--no-progress"])
+  finally:
+    datasets.clear_cache()
+    _data.image_data.cache_clear()
+  assert code == 2
+  err = capsys.readouterr().err
+  assert "apt-get install dataset-fashion-mnist" in err
+  assert not (tmp_path / "run").exists()
