@@ -22,8 +22,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from lopt.learned_opts._guard import skip_nonfinite
-
 from lopt.learned_opts import _accumulators as acc
 from lopt.learned_opts import _features as feat
 from lopt.learned_opts import _leaf
@@ -90,9 +88,13 @@ class AdafacMLP:
           v_diag=un(f.v_diag for f in facs))
 
     def update_fn(grads, state, params=None, **extra):
-      del extra
       if params is None:
         raise ValueError("AdafacMLP needs params: call update(grads, state, params).")
+      # Non-finite guard (as `skip_nonfinite`), applied inside the per-leaf fusions.
+      checked = jax.tree_util.tree_leaves(grads) + (
+          [extra["loss"]] if extra.get("loss") is not None else [])
+      ok = (jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in checked])) if checked
+            else jnp.asarray(True))
       nn = theta["nn"]["~"]
       mom_d = acc.decays_from_offsets(self.momentum_decays, theta["momentum_decays"])
       rms_d = acc.decays_from_offsets(self.rms_decays, theta["rms_decays"])
@@ -118,7 +120,7 @@ class AdafacMLP:
           tree.flatten_up_to(state.v_diag)):
         u, m, v, fl = _leaf.leaf_update(feat.adafac_groups, p, g, m, v,
                                         acc.FactoredLeaf(vr, vc, vd), mom_d, rms_d, fac_d,
-                                        splits, b0, rest, step_fn, p_channel=1)
+                                        splits, b0, rest, step_fn, p_channel=1, ok=ok)
         outs["u"].append(u)
         outs["m"].append(m)
         outs["rms"].append(v)
@@ -126,7 +128,8 @@ class AdafacMLP:
       un = lambda xs: jax.tree_util.tree_unflatten(tree, xs)
       fac = outs["fac"]
       return un(outs["u"]), AdafacMLPState(
-          state.count + 1, un(outs["m"]), un(outs["rms"]), un([f.v_row for f in fac]),
-          un([f.v_col for f in fac]), un([f.v_diag for f in fac]))
+          jnp.where(ok, state.count + 1, state.count), un(outs["m"]), un(outs["rms"]),
+          un([f.v_row for f in fac]), un([f.v_col for f in fac]), un([f.v_diag for f in fac]))
 
-    return skip_nonfinite(optax.GradientTransformationExtraArgs(init_fn, update_fn))
+    # Non-finite steps are skipped inside update_fn (same semantics as `skip_nonfinite`).
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)

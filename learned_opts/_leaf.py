@@ -125,7 +125,8 @@ def leaf_update(groups_fn: Callable, p: jax.Array, g: jax.Array, m: jax.Array, r
                 w0: Sequence[jax.Array], b0: jax.Array,
                 rest: Sequence[tuple[jax.Array, jax.Array]],
                 step_fn: Callable[[jax.Array, jax.Array, jax.Array], jax.Array],
-                p_channel: int, clip: float | None = None, block: int | None = None):
+                p_channel: int, clip: float | None = None, block: int | None = None,
+                ok: jax.Array | None = None):
   """One tensor: accumulators, normalised-feature MLP, step.
 
   Args:
@@ -135,6 +136,9 @@ def leaf_update(groups_fn: Callable, p: jax.Array, g: jax.Array, m: jax.Array, r
     w0, b0, rest: MLP weights (first layer split per group, unnormalised).
     step_fn: (direction, magnitude, mean(p^2)) -> step.
     p_channel: index of the `p` group (its mean square gives mean(p^2)).
+    ok: optional bool scalar; where False the step is skipped (zero update, accumulators
+      unchanged). Selecting inside the fusions that write the new accumulators saves the
+      extra pass over the state that a `skip_nonfinite` wrapper costs.
 
   Returns:
     (update = -step, new m, new rms, new FactoredLeaf).
@@ -152,15 +156,19 @@ def leaf_update(groups_fn: Callable, p: jax.Array, g: jax.Array, m: jax.Array, r
 
   # New accumulators first, as one elementwise fusion each (in place over donated state);
   # the blocked sums and the MLP then read them.
+  keep = (lambda new, old: new) if ok is None else (lambda new, old: jnp.where(ok, new, old))
   gc = clipg(g1)
-  m1 = acc.mom_update(m1, gc, mom_d)
-  r1 = acc.rms_update(r1, gc, rms_d)
+  m1 = keep(acc.mom_update(m1, gc, mom_d), m1)
+  r1 = keep(acc.rms_update(r1, gc, rms_d), r1)
   if diag:
     small, new_fac = [], None
-    carried_extra = [_diag_update(fac.v_diag.reshape((nf,) + s1), gc, fac_d)]
+    vd = fac.v_diag.reshape((nf,) + s1)
+    carried_extra = [keep(_diag_update(vd, gc, fac_d), vd)]
   else:
     means = _fac_means(g1, clipg, block)
     new_fac, fi = acc.fac_update(fac, g1, fac_d, means=means)   # small vectors
+    new_fac = acc.FactoredLeaf(keep(new_fac.v_row, fac.v_row), keep(new_fac.v_col, fac.v_col),
+                               fac.v_diag)
     small, carried_extra = [fi.row, fi.col, fi.rf, fi.cf], []
 
   def groups_of(pb, gb, mb, rb, extra):
@@ -231,7 +239,7 @@ def leaf_update(groups_fn: Callable, p: jax.Array, g: jax.Array, m: jax.Array, r
     h = feat.dense_units(h, w, b, 2 if last else None)
     if not last:
       h = feat.relu_all(h)
-  outs = (-step_fn(h[0], h[1], mean_p2)[None], m1, r1) + tuple(carried_extra)
+  outs = (keep(-step_fn(h[0], h[1], mean_p2), 0.0)[None], m1, r1) + tuple(carried_extra)
   upd = outs[0].reshape(shape).astype(p.dtype)
   new_m = outs[1].reshape((nm,) + shape)
   new_r = outs[2].reshape((nr,) + shape)
