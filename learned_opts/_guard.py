@@ -11,7 +11,9 @@ def skip_nonfinite(opt: optax.GradientTransformation) -> optax.GradientTransform
   """Skips steps whose gradients (or `loss`) are not finite: zero updates, state unchanged.
 
   Unlike `optax.apply_if_finite` it never gives up after repeated failures, and it selects
-  with `jnp.where` (no `lax.cond`), so it batches cleanly under `vmap`. Every architecture's `make` applies it.
+  with `jnp.where` (no `lax.cond`), so it batches cleanly under `vmap`. VeLO's, Celo's and
+  Celo-Adam's `make` apply it; AdafacMLP selects inside its fused pass instead, which saves
+  the extra pass over the state (`_leaf.leaf_update(ok=...)`).
 
   Example:
     opt = skip_nonfinite(lopt.make(theta, num_steps=1000))
