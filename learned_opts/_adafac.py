@@ -22,6 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from lopt.learned_opts._guard import all_finite
+
 from lopt.learned_opts import _accumulators as acc
 from lopt.learned_opts import _features as feat
 from lopt.learned_opts import _leaf
@@ -91,10 +93,7 @@ class AdafacMLP:
       if params is None:
         raise ValueError("AdafacMLP needs params: call update(grads, state, params).")
       # Non-finite guard (as `skip_nonfinite`), applied inside the per-leaf fusions.
-      checked = jax.tree_util.tree_leaves(grads) + (
-          [extra["loss"]] if extra.get("loss") is not None else [])
-      ok = (jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in checked])) if checked
-            else jnp.asarray(True))
+      ok = all_finite(grads, extra.get("loss"))
       nn = theta["nn"]["~"]
       mom_d = acc.decays_from_offsets(self.momentum_decays, theta["momentum_decays"])
       rms_d = acc.decays_from_offsets(self.rms_decays, theta["rms_decays"])

@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from lopt.learned_opts._guard import skip_nonfinite
+from lopt.learned_opts._guard import all_finite
 
 from lopt.learned_opts import _accumulators as acc
 from lopt.learned_opts import _features as feat
@@ -84,7 +84,7 @@ class Celo:
                          "update(grads, state, params, loss=loss).")
       return _hyper.update(spec, theta, decays, num_steps, grads, state, params, loss)
 
-    return skip_nonfinite(optax.GradientTransformationExtraArgs(init_fn, update_fn))
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)  # guarded inline
 
 
 class CeloAdamState(NamedTuple):
@@ -138,6 +138,8 @@ class CeloAdam:
       if loss is None:
         raise ValueError("CeloAdam needs the current loss: update(grads, state, params, loss=loss).")
       loss = jnp.asarray(loss, jnp.float32)
+      ok = all_finite(grads, loss)   # else: zero update, state unchanged
+      keep = lambda new, old: jnp.where(ok, new, old)
       means, rmin = acc.loss_update(state.loss_means, state.loss_min, state.count, loss, decays)
       loss_feat = acc.loss_features(means, rmin, state.count + 1, decays)
       frac = state.count / jnp.asarray(num_steps, jnp.float32)
@@ -155,13 +157,15 @@ class CeloAdam:
       for i, (g, mu, nu) in enumerate(zip(gl, tree.flatten_up_to(state.mu),
                                           tree.flatten_up_to(state.nu))):
         g32 = jnp.clip(g.astype(jnp.float32), -1000.0, 1000.0)
-        mu = d1 * mu + (1 - d1) * g32          # float32 decays, as the reference's vmap
-        nu = d2 * nu + (1 - d2) * (g32 * g32)
-        step = (mu / bc1) * (lr[i] / (eps + jnp.sqrt(nu / bc2 + 1e-10)))
-        us.append((-step).astype(g.dtype))
-        mus.append(mu)
-        nus.append(nu)
+        new_mu = d1 * mu + (1 - d1) * g32          # float32 decays, as the reference's vmap
+        new_nu = d2 * nu + (1 - d2) * (g32 * g32)
+        step = (new_mu / bc1) * (lr[i] / (eps + jnp.sqrt(new_nu / bc2 + 1e-10)))
+        us.append(jnp.where(ok, -step, 0.0).astype(g.dtype))
+        mus.append(keep(new_mu, mu))
+        nus.append(keep(new_nu, nu))
       un = lambda xs: jax.tree_util.tree_unflatten(tree, xs)
-      return un(us), CeloAdamState(t, un(mus), un(nus), h, c, means, rmin)
+      return un(us), CeloAdamState(keep(t, state.count), un(mus), un(nus), keep(h, state.lstm_hidden),
+                                   keep(c, state.lstm_cell), keep(means, state.loss_means),
+                                   keep(rmin, state.loss_min))
 
-    return skip_nonfinite(optax.GradientTransformationExtraArgs(init_fn, update_fn))
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)

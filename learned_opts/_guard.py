@@ -2,18 +2,28 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 import optax
+
+
+def all_finite(grads: Any, loss: Any = None) -> jax.Array:
+  """True (a bool scalar) when every gradient entry and the loss (if given) are finite."""
+  checked = jax.tree.leaves(grads) + ([loss] if loss is not None else [])
+  leaves = [jnp.all(jnp.isfinite(x)) for x in checked]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
 
 
 def skip_nonfinite(opt: optax.GradientTransformation) -> optax.GradientTransformationExtraArgs:
   """Skips steps whose gradients (or `loss`) are not finite: zero updates, state unchanged.
 
   Unlike `optax.apply_if_finite` it never gives up after repeated failures, and it selects
-  with `jnp.where` (no `lax.cond`), so it batches cleanly under `vmap`. VeLO's, Celo's and
-  Celo-Adam's `make` apply it; AdafacMLP selects inside its fused pass instead, which saves
-  the extra pass over the state (`_leaf.leaf_update(ok=...)`).
+  with `jnp.where` (no `lax.cond`), so it batches cleanly under `vmap`. The built-in rules
+  (AdafacMLP, VeLO, Celo, Celo-Adam) do the same check inline with `all_finite` and select
+  inside their fused passes (`_leaf.leaf_update(ok=...)`), which saves the extra pass over the
+  state that this wrapper costs; use it for other transforms.
 
   Example:
     opt = skip_nonfinite(lopt.make(theta, num_steps=1000))
@@ -21,9 +31,7 @@ def skip_nonfinite(opt: optax.GradientTransformation) -> optax.GradientTransform
   inner = optax.with_extra_args_support(opt)
 
   def update(updates, state, params=None, **extra):
-    checked = [updates] + ([extra["loss"]] if extra.get("loss") is not None else [])
-    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(checked)]
-    ok = jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
+    ok = all_finite(updates, extra.get("loss"))
     new_updates, new_state = inner.update(updates, state, params, **extra)
     new_updates = jax.tree.map(lambda u: jnp.where(ok, u, jnp.zeros_like(u)), new_updates)
     new_state = jax.tree.map(lambda a, b: jnp.where(ok, a, b), new_state, state)

@@ -26,6 +26,7 @@ import numpy as np
 from lopt.learned_opts import _accumulators as acc
 from lopt.learned_opts import _features as feat
 from lopt.learned_opts import _leaf
+from lopt.learned_opts._guard import all_finite
 
 # Widths of the 14 per-parameter input groups (w0__0 .. w0__13) for (n_mom, n_rms, n_fac).
 def ff_widths(nm: int, nr: int, nf: int) -> list[int]:
@@ -116,6 +117,7 @@ def update(spec: HyperSpec, theta: Any, loss_decays: jax.Array, num_steps: int,
   """One step; returns (updates = new_params - params, new state)."""
   nm, nr, nf = (len(spec.momentum_decays), len(spec.rms_decays), len(spec.adafactor_decays))
   loss = jnp.asarray(loss, jnp.float32)
+  ok = all_finite(grads, loss)   # else: zero update, state unchanged (selected in the fusions)
   means, rmin = acc.loss_update(state.loss_means, state.loss_min, state.count, loss, loss_decays)
   loss_feat = acc.loss_features(means, rmin, state.count + 1, loss_decays)
   frac = state.count / jnp.asarray(num_steps, jnp.float32)
@@ -168,16 +170,19 @@ def update(spec: HyperSpec, theta: Any, loss_decays: jax.Array, num_steps: int,
 
     u, m, v, fl = _leaf.leaf_update(feat.hyper_groups, p, g, m, v, acc.FactoredLeaf(vr, vc, vd),
                                     mom_d, rms_d, fac_d, w0, ff["b0"][i], rest, step_fn,
-                                    p_channel=2, clip=1000.0)
+                                    p_channel=2, clip=1000.0, ok=ok)
     outs["u"].append(u)
     outs["m"].append(m)
     outs["rms"].append(v)
     outs["fac"].append(fl)
 
   un = lambda xs: jax.tree_util.tree_unflatten(tree, xs)
-  new_state = HyperState(state.count + 1, un(outs["m"]), un(outs["rms"]),
+  keep = lambda new, old: jnp.where(ok, new, old)
+  new_state = HyperState(keep(state.count + 1, state.count), un(outs["m"]), un(outs["rms"]),
                          un([f.v_row for f in outs["fac"]]), un([f.v_col for f in outs["fac"]]),
-                         un([f.v_diag for f in outs["fac"]]), h, c, means, rmin)
+                         un([f.v_diag for f in outs["fac"]]), keep(h, state.lstm_hidden),
+                         keep(c, state.lstm_cell), keep(means, state.loss_means),
+                         keep(rmin, state.loss_min))
   return un(outs["u"]), new_state
 
 

