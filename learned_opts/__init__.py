@@ -76,8 +76,8 @@ def load(name: str, *, path: str | os.PathLike | None = None, num_steps: int | N
   then overrides where its file is) or an architecture from `REGISTRY` with `path` pointing
   at its theta (a self-describing orbax directory, or a VeLO/Celo msgpack file).
   `options` go to `lopt.make` (e.g. VeLO's); `num_steps` is the training horizon
-  (required by VeLO and Celo). The transform is wrapped in `skip_nonfinite`: a step with a
-  non-finite gradient or loss is skipped.
+  (required by VeLO and Celo). Every built-in rule skips a step with a non-finite gradient
+  or loss (zero update, state unchanged); wrap other transforms in `skip_nonfinite`.
 
   Example:
     opt = load("celo", num_steps=1000)
@@ -102,7 +102,7 @@ def load(name: str, *, path: str | os.PathLike | None = None, num_steps: int | N
     raise UnknownOptimizerError(
         f"unknown learned optimizer {name!r}; pretrained: {', '.join(sorted(PRETRAINED))}; "
         f"architectures: {', '.join(names())}")
-  return skip_nonfinite(lopt.make(theta, num_steps=num_steps, **options))
+  return lopt.make(theta, num_steps=num_steps, **options)  # every rule skips non-finite steps
 
 
 def gradient_accumulation(opt: optax.GradientTransformation, every_k: int
