@@ -7,9 +7,9 @@ Example:
   >>> result = train(get_task("quadratic-10"), tx, 20, progress=False)
 """
 
-from lopt.training._loop import NonFiniteLossError, TrainResult, train
+from lopt.training._loop import TrainResult, train
 from lopt.training._registry import OptimizerInfo, known_names, make_optimizer
 from lopt.training._run_dir import RunDirMismatchError, plot_history
 
-__all__ = ["NonFiniteLossError", "TrainResult", "train", "OptimizerInfo", "known_names",
+__all__ = ["TrainResult", "train", "OptimizerInfo", "known_names",
            "make_optimizer", "RunDirMismatchError", "plot_history"]

@@ -24,10 +24,6 @@ from lopt.training import _run_dir
 Array = jax.Array
 
 
-class NonFiniteLossError(RuntimeError):
-  """Raised by the CLI when a run stopped on a NaN/inf loss (the result says where)."""
-
-
 @dataclasses.dataclass
 class TrainResult:
   """What `train` returns.
