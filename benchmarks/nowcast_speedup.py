@@ -2,7 +2,8 @@
 
 The reference toy check (shared/research/reference_runs_nino.md §3): train with Adam and with
 Adam wrapped by `nowcast(...)` on the same init and batch order per seed, evaluate test
-accuracy every `--eval-every` steps on the whole test split, and count the steps each method
+accuracy every `--eval-every` steps on the test split (whole batches of the task's batch size:
+256 of digits' 300 images, 9,984 of Fashion-MNIST's 10,000), and count the steps each method
 needs to reach the target. Target per seed: `--target` if given, else Adam's mean test accuracy
 over the evaluations of the last 10% of the run (the last 10 at N=1000 with evaluations every
 10 steps, as the reference). Speedup = Adam steps / method steps, geometric mean over seeds.
@@ -13,13 +14,17 @@ Usage (digits MLP 64-32-10 as the reference: batch 128, lr 1e-3, N=1000, period 
       --task digits-mlp --steps 1000 --seeds 0,1,2 --methods adam,adam+nino,adam+wnnp
 
 Batches are sampled uniformly with replacement (lopt tasks), where the reference shuffles per
-epoch; the digits split is lopt's 1197/300/300 (reference: 1437/360).
+epoch; the digits split is lopt's 1197/300/300 (reference: 1437/360). Training runs through
+`lopt.training.train` (nowcast steps skip the backward pass; on CPU, conv tasks run unrolled
+blocks with each nowcast as its own call). With `--out`, each finished (method, seed) run is
+kept in OUT.runs/ and reused: run methods as parallel processes, then once more with all
+methods to print the summary.
 """
 
 from __future__ import annotations
 
 import argparse
-import functools
+import dataclasses
 import importlib
 import json
 import math
@@ -64,54 +69,36 @@ def make_method(spec: str, lr: float, steps: int, period: int, nowcaster_dir: st
   return nc.nowcast(base, nc.resolve_nowcaster(nowcaster, **kw), max_steps=steps, period=period)
 
 
-def run_one(task, tx, steps: int, seed: int, eval_every: int, eval_examples: int | None = None
-            ) -> dict:
-  """Trains; returns test accuracy every `eval_every` steps (step 0 included) and timings."""
+def run_one(task, tx, steps: int, seed: int, eval_every: int) -> dict:
+  """Trains with `lopt.training.train`; test accuracy every `eval_every` steps (step 0
+  included) on the task's fixed test batches, and the training wall time (compile and
+  evaluation excluded). Nowcast steps skip the backward pass and, on CPU conv tasks, run as
+  their own call between the unrolled blocks."""
+  from lopt.training import train
   nc = importlib.import_module("lopt.learned_opts.nino.nowcast")
-  key_init, key_data = jax.random.split(jax.random.PRNGKey(seed))
-  params = task.init(key_init)
-  test = task.data["test"]
-  n_test = int(test["label"].shape[0])
-  if eval_examples:
-    n_test = min(n_test, eval_examples)
+  result = train(task, tx, steps, seed=seed, eval_every=eval_every, eval_split="test",
+                 progress=False, needs_gradients=nc.needs_gradients)
+  if result.stopped:
+    print(f"  stopped early: {result.stopped}", file=sys.stderr)
+  h = result.history
+  return {"acc": [float(x) for x in h["valid_accuracy"]], "wall_s": float(h["wall_time"][-1])}
 
-  @jax.jit
-  def evaluate(t, p):
-    batch = t._example("test", jnp.arange(n_test))
-    _, aux = t.loss(p, None, batch)
-    return aux["accuracy"]
 
-  # As `lopt.training.train`: XLA:CPU runs convolutions inside a rolled scan ~50x slower, so
-  # conv tasks on CPU run blocks of `_CPU_CONV_BLOCK` fully unrolled steps.
-  from lopt.training import _loop
-  block = (_loop._CPU_CONV_BLOCK if jax.default_backend() == "cpu"
-           and _loop._has_convolution(task, params) else None)
-
-  @functools.partial(jax.jit, static_argnames=("length",))
-  def chunk(t, p, s, start, length):
-    def step(carry, i):
-      p, s = carry
-      key = jax.random.fold_in(key_data, i)
-      batch = t.sample_batch(key, "train")
-      loss_grad = lambda: jax.value_and_grad(lambda q: t.loss(q, key, batch)[0])(p)
-      no_grad = lambda: (jnp.zeros([], jnp.float32), jax.tree_util.tree_map(jnp.zeros_like, p))
-      loss, g = jax.lax.cond(nc.needs_gradients(s), loss_grad, no_grad)
-      u, s = tx.update(g, s, p)
-      return (optax.apply_updates(p, u), s), loss
-    (p, s), losses = jax.lax.scan(step, (p, s), start + jnp.arange(length),
-                                  unroll=length if block else 1)
-    return p, s, losses
-
-  state = tx.init(params)
-  accs = [float(evaluate(task, params))]
-  t0 = time.perf_counter()
-  for start in range(0, steps, eval_every):
-    offset = start
-    for n in _loop._blocks(eval_every, block):
-      params, state, _ = chunk(task, params, state, jnp.asarray(offset), length=n)
-      offset += n
-    accs.append(float(evaluate(task, params)))
-  return {"acc": accs, "wall_s": time.perf_counter() - t0}
+def cached_run(path: str | None, key: dict, fn) -> dict:
+  """Runs `fn()` unless `path` holds a finished run with the same `key` (settings)."""
+  if path and os.path.exists(path):
+    with open(path) as f:
+      saved = json.load(f)
+    if saved.get("key") == key:
+      return saved["run"]
+  run = fn()
+  if path:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+      json.dump({"key": key, "run": run}, f)
+    os.replace(tmp, path)
+  return run
 
 
 def steps_to(accs, target, eval_every):
@@ -131,15 +118,15 @@ def main(argv=None) -> int:
   ap.add_argument("--methods", default="adam,adam+nino,adam+wnnp")
   ap.add_argument("--eval-every", type=int, default=10)
   ap.add_argument("--eval-examples", type=int, default=None,
-                  help="evaluate on the first N test examples (default: all)")
+                  help="evaluate on the first N test examples, rounded down to whole batches "
+                  "(default: the whole test split, rounded down)")
   ap.add_argument("--target", type=float, default=None,
                   help="fixed accuracy target (default: Adam's final accuracy per seed)")
   ap.add_argument("--nowcaster-dir", default=_SHARED if os.path.isdir(_SHARED) else None,
                   help="folder holding the official .pt files (default: %(default)s)")
-  ap.add_argument("--adam-from", default=None,
-                  help="reuse the Adam curves of an earlier --out JSON (same task, steps, "
-                  "seeds, eval settings) instead of rerunning Adam")
-  ap.add_argument("--out", default=None, help="write the JSON summary here")
+  ap.add_argument("--out", default=None, help="write the JSON summary here; finished runs "
+                  "are kept in OUT.runs/ and reused (so methods can run as parallel "
+                  "processes sharing the Adam runs, and a stopped job resumes)")
   args = ap.parse_args(argv)
   nc = importlib.import_module("lopt.learned_opts.nino.nowcast")
   lr = args.lr or TASKS[args.task][1]
@@ -149,33 +136,23 @@ def main(argv=None) -> int:
   if methods[0] != "adam":
     methods = ["adam"] + [m for m in methods if m != "adam"]
   task = make_task(args.task)
+  n_test = int(task.data["test"]["label"].shape[0])
+  task = dataclasses.replace(task, eval_examples=args.eval_examples or n_test)
   runs: dict = {m: {} for m in methods}
-  if args.adam_from:
-    prev = json.load(open(args.adam_from))
-    same = all(prev.get(k) == v for k, v in (("task", args.task), ("steps", args.steps),
-                                          ("eval_every", args.eval_every), ("lr", lr),
-                                          ("eval_examples", args.eval_examples)))
-    if not same or not set(seeds) <= set(prev["seeds"]):
-      raise SystemExit(f"--adam-from {args.adam_from}: different task/steps/eval/lr/seeds")
-    adam = prev["methods"]["adam"]
-    for seed in seeds:
-      i = prev["seeds"].index(seed)
-      runs["adam"][seed] = {"acc": adam["acc_curves"][i],
-                            "wall_s": adam["wall_s_incl_compile"][i]}
-  for m in methods:
-    if m == "adam" and args.adam_from:
-      continue
+  for m in sorted(methods, key=lambda m: m == "adam"):  # Adam last: a parallel job may cache it
     tx = make_method(m, lr, args.steps, period, args.nowcaster_dir)
     for seed in seeds:
-      r = run_one(task, tx, args.steps, seed, args.eval_every, args.eval_examples)
+      key = {"task": args.task, "method": m, "steps": args.steps, "seed": seed, "lr": lr,
+             "period": period if m != "adam" else None, "eval_every": args.eval_every,
+             "eval_examples": task.eval_examples}
+      path = os.path.join(args.out + ".runs", f"{m}_{seed}.json") if args.out else None
+      r = cached_run(path, key, lambda: run_one(task, tx, args.steps, seed, args.eval_every))
       runs[m][seed] = r
-      if args.out:  # keep finished runs if the job is stopped early
-        with open(args.out + ".partial", "w") as f:
-          json.dump({"args": vars(args), "lr": lr, "period": period,
-                     "runs": {k: {str(s): v for s, v in d.items()} for k, d in runs.items()}}, f)
       print(f"{m:>16s} seed {seed}: final acc {r['acc'][-1]:.4f} ({r['wall_s']:.1f}s)",
             file=sys.stderr, flush=True)
-  summary = {"task": args.task, "steps": args.steps, "eval_examples": args.eval_examples,
+  bs = min(task.batch_size, n_test)
+  summary = {"task": args.task, "steps": args.steps,
+             "eval_examples": min(n_test, task.eval_examples) // bs * bs,
              "period": period, "lr": lr,
              "k_schedule": nc.k_schedule(args.steps, period).tolist(),
              "eval_every": args.eval_every, "seeds": seeds, "methods": {}}
@@ -195,7 +172,7 @@ def main(argv=None) -> int:
         "speedup_geomean": (float(math.exp(np.mean(np.log(ratios))))
                             if len(ratios) == len(seeds) else None),
         "reached": sum(x is not None for x in st),
-        "wall_s_incl_compile": [round(runs[m][s]["wall_s"], 2) for s in seeds],
+        "train_wall_s": [round(runs[m][s]["wall_s"], 2) for s in seeds],
         "acc_curves": [runs[m][s]["acc"] for s in seeds],
     }
   brief = {m: {k: v for k, v in d.items() if k != "acc_curves"}

@@ -38,6 +38,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from lopt.meta._unroll import InnerState, Unroller
 
@@ -59,10 +60,14 @@ class UnrollState(NamedTuple):
 
 
 def _perturb(theta: Any, key: jax.Array, std: float) -> Any:
+  """Gaussian noise shaped like theta, from ONE draw (one RNG kernel to compile, not one
+  per leaf)."""
   leaves, treedef = jax.tree.flatten(theta)
-  keys = jax.random.split(key, len(leaves))
-  eps = [std * jax.random.normal(k, jnp.shape(x), jnp.float32).astype(jnp.asarray(x).dtype)
-         for k, x in zip(keys, leaves)]
+  sizes = [int(np.prod(jnp.shape(x))) for x in leaves]
+  flat = std * jax.random.normal(key, (sum(sizes),), jnp.float32)
+  offsets = np.cumsum([0] + sizes)
+  eps = [flat[a:b].reshape(jnp.shape(x)).astype(jnp.asarray(x).dtype)
+         for a, b, x in zip(offsets[:-1], offsets[1:], leaves)]
   return jax.tree.unflatten(treedef, eps)
 
 

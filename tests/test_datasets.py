@@ -108,6 +108,32 @@ def test_load_is_cached_and_read_only(data_dir):
     a["image"][0, 0, 0, 0] = 5.0
 
 
+def test_decoded_arrays_are_cached_on_disk(tmp_path, monkeypatch):
+  """The second process-level load reads the .npz beside the prepared data, not the
+  records; a corrupt cache file is rebuilt."""
+  from lopt.tasks.datasets import _load
+  datasets.clear_cache()
+  first = {s: datasets.load("digits", s, data_dir=tmp_path) for s in datasets.SPLITS}
+  caches = sorted(tmp_path.rglob("lopt_arrays_*.npz"))
+  assert [c.name for c in caches] == [f"lopt_arrays_{s}.npz" for s in sorted(datasets.SPLITS)]
+  assert not list(tmp_path.rglob(".*.tmp"))                  # no temporary files left
+  datasets.clear_cache()
+  monkeypatch.setattr(_load, "_read_all", lambda source: pytest.fail("read the records"))
+  again = datasets.load("digits", "train", data_dir=tmp_path)
+  np.testing.assert_array_equal(again["image"], first["train"]["image"])
+  np.testing.assert_array_equal(again["label"], first["train"]["label"])
+  assert again["image"].dtype == np.float32 and not again["image"].flags.writeable
+  monkeypatch.undo()
+  train_cache = [c for c in caches if c.name == "lopt_arrays_train.npz"][0]
+  train_cache.write_bytes(b"not an npz")
+  datasets.clear_cache()
+  rebuilt = datasets.load("digits", "train", data_dir=tmp_path)
+  np.testing.assert_array_equal(rebuilt["image"], first["train"]["image"])
+  with np.load(train_cache) as z:
+    assert z["image"].shape == (1197, 8, 8, 1)
+  datasets.clear_cache()
+
+
 def test_prepare_is_deterministic(data_dir, tmp_path):
   datasets.clear_cache()
   for name in ("digits",):  # mnist1d: compared with a fresh generation below

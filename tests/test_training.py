@@ -203,3 +203,31 @@ def test_every_baseline_lowers_digits_loss(name):
                  eval_params=info.eval_params)
   valid = result.history["valid_loss"]
   assert valid[-1] < 0.6 * valid[0], (name, valid)
+
+
+def test_nowcast_steps_run_as_their_own_call_in_unrolled_blocks(monkeypatch):
+  """Conv tasks on CPU: nowcast steps are planned on the host and run outside the blocks
+  (no nowcaster traced into every unrolled step); same trajectory as the per-step cond."""
+  import importlib
+  from lopt.tasks import get_task
+  from lopt.training import _loop
+  nc = importlib.import_module("lopt.learned_opts.nino.nowcast")
+  assert _loop._plan(12, 4, (5, 10)) == [(4, "base"), (1, "base"), (1, "nowcast"),
+                                         (4, "base"), (2, "base")]
+  assert _loop._plan(12, 4, None) == [(4, None), (4, None), (4, None)]
+  task = get_task("digits-conv-8-16")
+  opt = nc.nowcast(optax.adam(3e-3), nc.LinearNowcaster(scale=1.0), max_steps=24, period=5)
+  assert nc.calls_to_next_nowcast(opt.init(task.init(jax.random.PRNGKey(0)))) == 4
+  monkeypatch.setattr(_loop, "_CPU_CONV_BLOCK", 4)
+  planned = []
+  plan = _loop._plan
+  monkeypatch.setattr(_loop, "_plan", lambda *a: planned.append(plan(*a)) or planned[-1])
+  split = train(task, opt, 12, eval_every=6, progress=False, needs_gradients=nc.needs_gradients)
+  assert planned[0] == [(4, "base"), (1, "nowcast"), (1, "base")]
+  assert int(split.opt_state.nowcasts) == 2
+  monkeypatch.setattr(_loop, "_nowcast_schedule", lambda state: None)
+  cond = train(task, opt, 12, eval_every=6, progress=False, needs_gradients=nc.needs_gradients)
+  assert int(cond.opt_state.nowcasts) == 2
+  np.testing.assert_allclose(split.history["train_loss"], cond.history["train_loss"], rtol=1e-5)
+  for a, b in zip(jax.tree.leaves(split.params), jax.tree.leaves(cond.params)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

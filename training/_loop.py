@@ -86,7 +86,7 @@ def _make_chunk(optimizer: optax.GradientTransformationExtraArgs,
                 needs_gradients: Callable[[Any], Array] | None) -> Callable:
   """Builds `chunk(task, carry, key, length) -> (carry, losses[length])`."""
 
-  def step_fn(task, carry: _Carry, key):
+  def step_fn(task, carry: _Carry, key, phase):
     k_batch, k_loss = jax.random.split(jax.random.fold_in(key, carry.step))
     batch = task.sample_batch(k_batch, "train")
 
@@ -96,12 +96,20 @@ def _make_chunk(optimizer: optax.GradientTransformationExtraArgs,
     def without_grad(params):
       return task.loss(params, k_loss, batch)[0], jax.tree.map(jnp.zeros_like, params)
 
-    if needs_gradients is None:
+    extra = {}
+    if phase == "base":        # the host planned these steps: no nowcast among them
+      loss, grads = with_grad(carry.params)
+      extra["nowcast_phase"] = "base"
+    elif phase == "nowcast":   # ... and this one is a nowcast: no backward pass
+      loss, grads = without_grad(carry.params)
+      extra["nowcast_phase"] = "nowcast"
+    elif needs_gradients is None:
       loss, grads = with_grad(carry.params)
     else:
       loss, grads = jax.lax.cond(needs_gradients(carry.opt_state), with_grad, without_grad,
                                  carry.params)
-    updates, opt_state = optimizer.update(grads, carry.opt_state, carry.params, loss=loss)
+    updates, opt_state = optimizer.update(grads, carry.opt_state, carry.params, loss=loss,
+                                          **extra)
     params = optax.apply_updates(carry.params, updates)
     ok = jnp.isfinite(loss) & (carry.bad_step < 0)
     # After the first non-finite loss the state is frozen: keep the last good params.
@@ -110,11 +118,11 @@ def _make_chunk(optimizer: optax.GradientTransformationExtraArgs,
     bad_step = jnp.where((carry.bad_step < 0) & ~jnp.isfinite(loss), carry.step, carry.bad_step)
     return _Carry(params, opt_state, carry.step + 1, bad_step), loss
 
-  def chunk(task, carry, key, length, unroll):
-    return jax.lax.scan(lambda c, _: step_fn(task, c, key), carry, None, length=length,
+  def chunk(task, carry, key, length, unroll, phase=None):
+    return jax.lax.scan(lambda c, _: step_fn(task, c, key, phase), carry, None, length=length,
                         unroll=unroll)
 
-  return jax.jit(chunk, static_argnames=("length", "unroll"))
+  return jax.jit(chunk, static_argnames=("length", "unroll", "phase"))
 
 
 # XLA:CPU runs convolutions inside a while loop (a rolled `lax.scan`) ~30-80x slower than the
@@ -134,6 +142,44 @@ def _blocks(length: int, block: int | None) -> list[int]:
   if block is None:
     return [length]
   return [block] * (length // block) + ([length % block] if length % block else [])
+
+
+def _nowcast_schedule(opt_state: Any) -> tuple[int, int] | None:
+  """`(calls before the next nowcast, period)` when `opt_state` holds exactly one nowcast
+  period, else None (no nowcast wrapper, or several periods: `lax.cond` decides per step)."""
+  from lopt.learned_opts.nino.nowcast import _nowcast_states, calls_to_next_nowcast
+  periods = {int(s.period) for s in _nowcast_states(opt_state)}
+  if len(periods) != 1:
+    return None
+  return calls_to_next_nowcast(opt_state), periods.pop()
+
+
+def _plan(length: int, block: int | None, schedule: tuple[int, int] | None
+          ) -> list[tuple[int, str | None]]:
+  """The compiled calls `(steps, phase)` that make up one chunk of `length` steps.
+
+  Normally blocks of `block` steps (or one scan). With a nowcast `schedule` (used for
+  unrolled blocks) each nowcast step runs as its own call (phase "nowcast") and the other
+  steps in blocks that never trace the nowcaster (phase "base"); otherwise every unrolled
+  step would carry a copy of the nowcaster's graph network inside its `lax.cond`.
+
+  Example:
+    >>> _plan(12, 4, (5, 10))
+    [(4, 'base'), (1, 'base'), (1, 'nowcast'), (4, 'base'), (2, 'base')]
+  """
+  if schedule is None:
+    return [(n, None) for n in _blocks(length, block)]
+  count, period = schedule
+  calls, left = [], length
+  while left:
+    if count == 0:
+      calls.append((1, "nowcast"))
+      left, count = left - 1, period - 1
+    else:
+      n = min(count, left)
+      calls += [(b, "base") for b in _blocks(n, block)]
+      left, count = left - n, count - n
+  return calls
 
 
 def train(task: Task, optimizer: optax.GradientTransformation, num_steps: int, *,
@@ -172,9 +218,9 @@ def train(task: Task, optimizer: optax.GradientTransformation, num_steps: int, *
 
   Example:
     >>> import optax
-    >>> from lopt.tasks import get_task
-    >>> result = train(get_task("quadratic-10"), optax.adam(0.1), 50, progress=False)
-    >>> result.history["train_loss"][-1] < result.history["train_loss"][0]
+    >>> from lopt.tasks import QuadraticTask
+    >>> result = train(QuadraticTask(dim=10), optax.adam(0.1), 50, progress=False)
+    >>> bool(result.history["train_loss"][-1] < result.history["train_loss"][0])
     True
   """
   if not (isinstance(num_steps, (int, np.integer)) and num_steps > 0):
@@ -231,18 +277,19 @@ def train(task: Task, optimizer: optax.GradientTransformation, num_steps: int, *
     history["wall_time"][0] = 0.0
     if run is not None:
       run.log_eval(history, 0)
-  compiled: dict[int, Any] = {}
+  compiled: dict[tuple[int, str | None], Any] = {}
+  split = block is not None and _nowcast_schedule(carry.opt_state) is not None
   for i in range(start_eval, len(eval_steps) - 1):
     length = eval_steps[i + 1] - eval_steps[i]
-    calls = _blocks(length, block)
-    for n in set(calls) - set(compiled):  # compile outside the timed region
-      compiled[n] = chunk.lower(task, carry, data_key, length=n,
-                                unroll=n if block else 1).compile()
+    calls = _plan(length, block, _nowcast_schedule(carry.opt_state) if split else None)
+    for n, phase in set(calls) - set(compiled):  # compile outside the timed region
+      compiled[n, phase] = chunk.lower(task, carry, data_key, length=n,
+                                       unroll=n if block else 1, phase=phase).compile()
     t0 = time.perf_counter()
     previous = carry  # the last evaluated (finite) state, returned if this chunk fails
     parts = []
-    for n in calls:
-      carry, part = compiled[n](task, carry, data_key)
+    for call in calls:
+      carry, part = compiled[call](task, carry, data_key)
       parts.append(part)
     losses = np.concatenate([np.asarray(x) for x in jax.block_until_ready(parts)])
     elapsed = time.perf_counter() - t0

@@ -40,6 +40,7 @@ __all__ = [
     "LinearNowcaster",
     "nowcast",
     "needs_gradients",
+    "calls_to_next_nowcast",
     "k_schedule",
     "default_period",
     "SHIPPED",
@@ -66,12 +67,15 @@ class NowcastState(NamedTuple):
     count: int32, number of `update` calls so far.
     nowcasts: int32, number of nowcasts applied (non-finite predictions are skipped).
     next_nowcast: bool, whether the next `update` call is a nowcast (no gradients needed).
+    period: int32, steps between nowcasts (constant; lets a training loop plan on the host,
+      see `calls_to_next_nowcast`).
   """
   base: Any
   history: Any
   count: jax.Array
   nowcasts: jax.Array
   next_nowcast: jax.Array
+  period: jax.Array
 
 
 def k_schedule(max_steps: int, period: int = 1000, *, max_k: int = 40,
@@ -217,7 +221,11 @@ def nowcast(base: optax.GradientTransformation, nowcaster: Nowcaster, *, max_ste
       neural-graph format of `nino.graph`); None lets the nowcaster infer it.
 
   Returns:
-    An `optax.GradientTransformationExtraArgs` whose state is a `NowcastState`.
+    An `optax.GradientTransformationExtraArgs` whose state is a `NowcastState`. Its
+    `update` takes an optional static `nowcast_phase=`: None (default) decides per call
+    with `lax.cond`; "base" / "nowcast" skip the cond when the caller knows (from
+    `calls_to_next_nowcast`) which kind of call this is, so that unrolled loops do not
+    trace the nowcaster into every step.
 
   Example:
     >>> import optax
@@ -246,9 +254,14 @@ def nowcast(base: optax.GradientTransformation, nowcaster: Nowcaster, *, max_ste
         lambda p: jnp.zeros((ctx,) + jnp.shape(p), history_dtype), params)
     return NowcastState(base=base.init(params), history=history,
                         count=jnp.zeros([], jnp.int32), nowcasts=jnp.zeros([], jnp.int32),
-                        next_nowcast=jnp.asarray(period == 1))
+                        next_nowcast=jnp.asarray(period == 1),
+                        period=jnp.asarray(period, jnp.int32))
 
-  def update_fn(updates, state, params=None, **extra_args):
+  def update_fn(updates, state, params=None, *, nowcast_phase: str | None = None,
+                **extra_args):
+    if nowcast_phase not in (None, "base", "nowcast"):
+      raise ValueError(f"nowcast: nowcast_phase must be None, 'base' or 'nowcast', got "
+                       f"{nowcast_phase!r}")
     if params is None:
       raise ValueError("nowcast: update(...) needs params: call opt.update(grads, state, params)")
     count = state.count
@@ -280,13 +293,38 @@ def nowcast(base: optax.GradientTransformation, nowcaster: Nowcaster, *, max_ste
                                      0.0).astype(s.dtype), pred, params, out_shape)
       return jump, state.base, ok.astype(jnp.int32)
 
-    new_updates, new_base, applied = jax.lax.cond(is_nowcast, nowcast_step, base_step, None)
+    if nowcast_phase == "base":          # the caller guarantees this is not a nowcast call
+      new_updates, new_base, applied = base_step(None)
+    elif nowcast_phase == "nowcast":     # ... or that it is one
+      new_updates, new_base, applied = nowcast_step(None)
+    else:
+      new_updates, new_base, applied = jax.lax.cond(is_nowcast, nowcast_step, base_step, None)
     new_count = count + 1
     return new_updates, NowcastState(
         base=new_base, history=history, count=new_count, nowcasts=state.nowcasts + applied,
-        next_nowcast=(new_count + 1) % period == 0)
+        next_nowcast=(new_count + 1) % period == 0, period=state.period)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def _nowcast_states(opt_state: Any) -> list[NowcastState]:
+  return [s for s in jax.tree_util.tree_leaves(
+      opt_state, is_leaf=lambda x: isinstance(x, NowcastState)) if isinstance(s, NowcastState)]
+
+
+def calls_to_next_nowcast(opt_state: Any) -> int | None:
+  """On the host: how many `update` calls come before the next nowcast (0: the next call
+  is one); None when `opt_state` holds no `NowcastState`. Reads device values (syncs).
+
+  Example:
+    >>> opt = nowcast(optax.sgd(0.1), LinearNowcaster(), max_steps=100, period=10, ctx=5)
+    >>> calls_to_next_nowcast(opt.init({"w": jnp.ones(3)}))
+    9
+  """
+  found = _nowcast_states(opt_state)
+  if not found:
+    return None
+  return min(int(s.period) - 1 - int(s.count) % int(s.period) for s in found)
 
 
 def needs_gradients(opt_state: Any) -> jax.Array:
@@ -298,8 +336,7 @@ def needs_gradients(opt_state: Any) -> jax.Array:
       grads = jax.lax.cond(needs_gradients(state), lambda: jax.grad(loss)(params),
                            lambda: jax.tree_util.tree_map(jnp.zeros_like, params))
   """
-  found = [s for s in jax.tree_util.tree_leaves(
-      opt_state, is_leaf=lambda x: isinstance(x, NowcastState)) if isinstance(s, NowcastState)]
+  found = _nowcast_states(opt_state)
   if not found:
     return jnp.asarray(True)
   return jnp.logical_not(jnp.any(jnp.stack([s.next_nowcast for s in found])))

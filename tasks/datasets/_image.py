@@ -50,4 +50,6 @@ def resize_images(images, size: int | tuple[int, int]):
     raise ValueError(f"expected images [..., H, W, C], got shape {images.shape}")
   rows = xp.asarray(area_matrix(images.shape[-3], h))  # [h, H]
   cols = xp.asarray(area_matrix(images.shape[-2], w))  # [w, W]
+  if xp is np:  # numpy's default einsum does not reorder the contraction: 30x slower here
+    return np.einsum("hH,...HWc,wW->...hwc", rows, images, cols, optimize=True)
   return xp.einsum("hH,...HWc,wW->...hwc", rows, images, cols)

@@ -104,6 +104,11 @@ def data_source(name: str, split: str, *, data_dir: str | os.PathLike | None = N
 
 def to_arrays(info: DatasetInfo, examples: Sequence[dict[str, Any]]) -> dict[str, np.ndarray]:
   """Stacks raw tfds examples into the `load` layout (float32 images in [0, 1], int32 labels)."""
+  return _finish(info, _stack(info, examples))
+
+
+def _stack(info: DatasetInfo, examples: Sequence[dict[str, Any]]) -> dict[str, np.ndarray]:
+  """Raw examples -> compact arrays (images keep their stored dtype, e.g. uint8)."""
   if info.kind == "text":
     key = "text" if info.stock else "bytes"
     parts = []
@@ -117,11 +122,16 @@ def to_arrays(info: DatasetInfo, examples: Sequence[dict[str, Any]]) -> dict[str
     return {"tokens": np.concatenate(parts) if parts else np.zeros((0,), np.uint8)}
   images = np.stack([np.asarray(e["image"]) for e in examples]) if examples else np.zeros(
       (0, *info.shape), np.float32)
-  images = images.astype(np.float32)
+  return {"image": images, "label": np.asarray([e["label"] for e in examples], np.int32)}
+
+
+def _finish(info: DatasetInfo, raw: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  if info.kind == "text":
+    return raw
+  images = raw["image"].astype(np.float32)
   if info.pixel_max:
     images /= np.float32(info.pixel_max)
-  labels = np.asarray([e["label"] for e in examples], np.int32)
-  return {"image": images, "label": labels}
+  return {"image": images, "label": raw["label"].astype(np.int32)}
 
 
 def _read(source, keys: Sequence[int]) -> list[dict[str, Any]]:
@@ -139,13 +149,36 @@ def _read_all(source) -> list[dict[str, Any]]:
   return out
 
 
+# Decoding tfds records one by one costs seconds per 10^4 examples; the stacked raw arrays
+# are kept beside the prepared data (which tfds never changes once written) as one .npz.
+ARRAY_CACHE = "lopt_arrays_{split}.npz"
+
+
 @functools.lru_cache(maxsize=32)
 def _load_cached(name: str, split: str, folder: str) -> dict[str, np.ndarray]:
   info = get_info(name)
-  examples = _read_all(data_source(name, split, data_dir=folder))
-  if info.kind == "text" and not info.stock:  # one stream, files in sorted path order
-    examples = sorted(examples, key=lambda e: e["path"])
-  arrays = to_arrays(info, examples)
+  builder = prepare(name, data_dir=folder)
+  cache = pathlib.Path(str(builder.data_path)) / ARRAY_CACHE.format(split=split)
+  raw = None
+  if cache.is_file():
+    try:
+      with np.load(cache) as z:
+        raw = {k: z[k] for k in z.files}
+    except (OSError, ValueError):   # unreadable (e.g. truncated by a full disk): rebuild it
+      raw = None
+  if raw is None:
+    examples = _read_all(data_source(name, split, data_dir=folder))
+    if info.kind == "text" and not info.stock:  # one stream, files in sorted path order
+      examples = sorted(examples, key=lambda e: e["path"])
+    raw = _stack(info, examples)
+    tmp = cache.with_name(f".{cache.name}.{os.getpid()}.tmp")
+    try:  # atomic: a reader never sees a partial file
+      with open(tmp, "wb") as f:
+        np.savez(f, **raw)
+      os.replace(tmp, cache)
+    except OSError:                  # read-only data dir: fine, just slower next time
+      tmp.unlink(missing_ok=True)
+  arrays = _finish(info, raw)
   for a in arrays.values():
     a.flags.writeable = False  # shared by every caller through the cache
   return arrays
