@@ -13,9 +13,9 @@ with matmuls. Here the same function is computed without that tensor:
   XLA emits one elementwise loop per tensor instead of materialised features and GEMMs.
 
     >>> import jax.numpy as jnp
-    >>> h = mlp_units([jnp.ones((2, 3))], [jnp.ones((1, 4))], jnp.zeros(4))
-    >>> len(h), h[0].shape
-    (4, (2, 3))
+    >>> h = mlp_units([jnp.ones((2, 3))], [jnp.ones((2, 4))], jnp.zeros(4))  # 2 channels
+    >>> len(h), h[0].shape, float(h[0][0])
+    (4, (3,), 2.0)
 """
 
 from __future__ import annotations

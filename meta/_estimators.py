@@ -118,8 +118,8 @@ def _metrics(out, delta=None) -> dict[str, jax.Array]:
 
 
 @dataclasses.dataclass(frozen=True)
-class PES:
-  """Truncated Persistent Evolution Strategies (antithetic)."""
+class _TruncatedAntithetic:
+  """Fields and the antithetic truncation shared by `PES` and `TruncatedES`."""
   unroller: Unroller
   trunc_length: int = 50
   std: float = 0.01
@@ -129,13 +129,24 @@ class PES:
   def init(self, theta: Any, key: jax.Array) -> UnrollState:
     return _fresh(self.unroller, theta, key)
 
-  def estimate(self, theta, state: UnrollState, key):
+  def _unroll_pair(self, theta, state: UnrollState, key, *, persistent: bool):
+    """Resets finished problems, then unrolls theta +- eps for one truncation: from the
+    carried positive/negative states (`persistent`) or both from the positive one."""
     k_eps, k_unroll, k_begin = jax.random.split(key, 3)
     eps = _perturb(theta, k_eps, self.std)
     state = _begin(self.unroller, theta, state, k_begin)
-    (pos, neg), out = _pair(_antithetic_unroll(self.unroller, theta, eps,
-                                               _stack(state.pos, state.neg), k_unroll,
+    starts = _stack(state.pos, state.neg if persistent else state.pos)
+    (pos, neg), out = _pair(_antithetic_unroll(self.unroller, theta, eps, starts, k_unroll,
                                                self.trunc_length))
+    return eps, state, pos, neg, out
+
+
+@dataclasses.dataclass(frozen=True)
+class PES(_TruncatedAntithetic):
+  """Truncated Persistent Evolution Strategies (antithetic)."""
+
+  def estimate(self, theta, state: UnrollState, key):
+    eps, state, pos, neg, out = self._unroll_pair(theta, state, key, persistent=True)
     losses = out.meta_loss                    # [2, T]
     reset = out.reset[0]                      # [T], equal for both halves
     delta = losses[0] - losses[1]             # [T]
@@ -168,24 +179,11 @@ def _pair(result):
 
 
 @dataclasses.dataclass(frozen=True)
-class TruncatedES:
+class TruncatedES(_TruncatedAntithetic):
   """Antithetic ES per truncation; both halves start from the same (positive) state."""
-  unroller: Unroller
-  trunc_length: int = 50
-  std: float = 0.01
-  clip_delta: float | None = None
-  sign_delta: float | None = None
-
-  def init(self, theta: Any, key: jax.Array) -> UnrollState:
-    return _fresh(self.unroller, theta, key)
 
   def estimate(self, theta, state: UnrollState, key):
-    k_eps, k_unroll, k_begin = jax.random.split(key, 3)
-    eps = _perturb(theta, k_eps, self.std)
-    state = _begin(self.unroller, theta, state, k_begin)
-    (pos, _), out = _pair(_antithetic_unroll(self.unroller, theta, eps,
-                                             _stack(state.pos, state.pos), k_unroll,
-                                             self.trunc_length))
+    eps, state, pos, _, out = self._unroll_pair(theta, state, key, persistent=False)
     delta = jnp.mean(out.meta_loss[0] - out.meta_loss[1])
     c = _shape_delta(delta, self.clip_delta, self.sign_delta) / (2 * self.std ** 2)
     return _scale(eps, c), UnrollState(pos, pos, state.accum), _metrics(out, delta)

@@ -3,8 +3,10 @@
 Example:
   >>> from lopt.tasks import get_task
   >>> from lopt.training import make_optimizer, train
-  >>> tx, info = make_optimizer("adam", learning_rate=0.1)
-  >>> result = train(get_task("quadratic-10"), tx, 20, progress=False)
+  >>> tx, info = make_optimizer("adam", learning_rate=3e-3)
+  >>> result = train(get_task("digits-mlp-32"), tx, 20, progress=False)
+  >>> result.steps_done
+  20
 """
 
 from lopt.training._loop import TrainResult, train

@@ -8,7 +8,7 @@ network probe and fail immediately.
 
 Example:
   >>> from lopt.tasks import datasets
-  >>> datasets.load("cifar10", "train")  # doctest: +SKIP  (downloads ~160 MB)
+  >>> datasets.load("cifar10", "train")  # downloads ~160 MB  # doctest: +SKIP
 """
 
 from __future__ import annotations
