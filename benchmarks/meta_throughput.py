@@ -12,6 +12,7 @@ implementation's anchor (3,100 inner steps/s, 80 s to the first step, same CPU c
 calibration: how close the meta-training machinery gets to bare inner training).
 
   python benchmarks/meta_throughput.py [--steps 10] [--tasks 8] [--no-baseline]
+      [--compile-cache DIR]
 """
 
 from __future__ import annotations
@@ -82,7 +83,13 @@ def main():
   p.add_argument("--tasks", type=int, default=8, help="inner problems per family")
   p.add_argument("--trunc", type=int, default=50, help="truncation length")
   p.add_argument("--no-baseline", action="store_true", help="skip the plain-unroll baseline")
+  p.add_argument("--compile-cache", default=None, metavar="DIR",
+                 help="use JAX's persistent compilation cache in DIR (as `lopt meta-train` "
+                 "does): run twice to see the warm start of a rerun or resume")
   args = p.parse_args()
+  if args.compile_cache:
+    from lopt.meta._experiment import enable_compile_cache
+    enable_compile_cache(args.compile_cache)
   from lopt.tasks import FAST_MLP_FAMILIES
   families = list(FAST_MLP_FAMILIES)
   inner_per_outer = len(families) * args.tasks * 2 * args.trunc
@@ -106,7 +113,7 @@ def main():
   import os
   print(f"device: {jax.devices()[0].device_kind} x{jax.device_count()}, backend "
         f"{jax.default_backend()}, load average {os.getloadavg()[0]:.1f} on "
-        f"{os.cpu_count()} cores")
+        f"{os.cpu_count()} cores; compilation cache: {args.compile_cache or 'off'}")
   print(f"config: adafac_mlp + PES, {len(families)} families x {args.tasks} tasks x 2 "
         f"antithetic x trunc {args.trunc} = {inner_per_outer} inner steps / outer step")
   print(f"build+init {t_init:.1f} s; first outer step done {t_first:.1f} s after build "

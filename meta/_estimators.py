@@ -40,7 +40,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lopt.meta._unroll import InnerState, Unroller
+from lopt.meta._unroll import InnerState, Unroller, tree_where
 
 __all__ = ["UnrollState", "PES", "TruncatedES", "FullES", "TBPTT", "Multi",
            "population_init", "population_estimate", "LOSS_TYPES"]
@@ -168,7 +168,9 @@ def _begin(u: Unroller, theta: Any, state: UnrollState, key: jax.Array) -> Unrol
   if u.reset_every_step:
     return state
   pos, reset = u.begin(theta, state.pos, key)
-  neg, _ = u.begin(theta, state.neg, key)   # same key: the same new problem
+  # Both halves share step and length, so they reset together, to the same new problem
+  # (built once: half the init code to compile).
+  neg = tree_where(reset, pos, state.neg)
   accum = jax.tree.map(lambda a: jnp.where(reset, jnp.zeros_like(a), a), state.accum)
   return UnrollState(pos, neg, accum)
 
