@@ -127,7 +127,11 @@ def main(argv=None) -> int:
   ap.add_argument("--out", default=None, help="write the JSON summary here; finished runs "
                   "are kept in OUT.runs/ and reused (so methods can run as parallel "
                   "processes sharing the Adam runs, and a stopped job resumes)")
+  ap.add_argument("--runs-dir", default=None,
+                  help="where finished runs are kept (default: OUT.runs); point several "
+                  "summaries (e.g. other --target values) at the same runs")
   args = ap.parse_args(argv)
+  runs_dir = args.runs_dir or (args.out + ".runs" if args.out else None)
   nc = importlib.import_module("lopt.learned_opts.nino.nowcast")
   lr = args.lr or TASKS[args.task][1]
   period = args.period or nc.default_period(args.steps)
@@ -145,7 +149,7 @@ def main(argv=None) -> int:
       key = {"task": args.task, "method": m, "steps": args.steps, "seed": seed, "lr": lr,
              "period": period if m != "adam" else None, "eval_every": args.eval_every,
              "eval_examples": task.eval_examples}
-      path = os.path.join(args.out + ".runs", f"{m}_{seed}.json") if args.out else None
+      path = os.path.join(runs_dir, f"{m}_{seed}.json") if runs_dir else None
       r = cached_run(path, key, lambda: run_one(task, tx, args.steps, seed, args.eval_every))
       runs[m][seed] = r
       print(f"{m:>16s} seed {seed}: final acc {r['acc'][-1]:.4f} ({r['wall_s']:.1f}s)",
