@@ -172,3 +172,22 @@ def test_graph_arch_and_resolver():
     assert model.config.ctx == 5 and model.config.seq_len == 40 and model.config.hid == 32
   with pytest.raises(KeyError, match="unknown nowcaster"):
     nc.resolve_nowcaster("no_such_nowcaster")
+
+
+def test_static_phase_matches_the_cond_and_rejects_unknown_values():
+  """`nowcast_phase` ("base"/"nowcast") gives the same update as the per-call cond."""
+  opt = nc.nowcast(optax.sgd(0.1), _ToyNowcaster(), max_steps=50, period=5)
+  params = {"w": jnp.arange(3.0), "b": jnp.ones(2)}
+  s = opt.init(params)
+  for i in range(5):
+    phase = "nowcast" if nc.calls_to_next_nowcast(s) == 0 else "base"
+    assert phase == ("nowcast" if i == 4 else "base")
+    u_cond, s_cond = opt.update(_grad(params), s, params)
+    u_phase, s_phase = opt.update(_grad(params), s, params, nowcast_phase=phase)
+    for a, b in zip(jax.tree_util.tree_leaves((u_cond, s_cond)),
+                    jax.tree_util.tree_leaves((u_phase, s_phase))):
+      np.testing.assert_allclose(a, b, rtol=1e-6)
+    params, s = optax.apply_updates(params, u_phase), s_phase
+  assert int(s.nowcasts) == 1 and nc.calls_to_next_nowcast(s) == 4
+  with pytest.raises(ValueError, match="nowcast_phase"):
+    opt.update(_grad(params), s, params, nowcast_phase="auto")
