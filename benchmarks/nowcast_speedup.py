@@ -30,10 +30,7 @@ import json
 import math
 import os
 import sys
-import time
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 

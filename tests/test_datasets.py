@@ -3,7 +3,6 @@
 import argparse
 import gzip
 import hashlib
-import os
 import pathlib
 import struct
 import subprocess
