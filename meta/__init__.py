@@ -10,7 +10,7 @@ from lopt.meta._estimators import PES
 from lopt.meta._estimators import TBPTT
 from lopt.meta._estimators import TruncatedES
 from lopt.meta._estimators import UnrollState
-from lopt.meta._estimators import population_estimate
+from lopt.meta._estimators import population_estimate, population_estimates
 from lopt.meta._estimators import population_init
 from lopt.meta._schedules import ConstantSchedule
 from lopt.meta._schedules import LogUniformSchedule
@@ -50,5 +50,6 @@ __all__ = [
     "Unroller",
     "get_schedule",
     "population_estimate",
+    "population_estimates",
     "population_init",
 ]

@@ -66,7 +66,9 @@ class Checkpointer:
     """Returns host numpy leaves in the structure of `template`."""
     if all(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(template)):
       template = jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), template)
-    leaves, treedef = jax.tree.flatten(to_host(template))
+    host_template = to_host(template)
+    leaves, treedef = jax.tree.flatten(host_template)
+    self._check_layout(host_template)
     if self.primary:
       abstract = {f"l{i:05d}": x for i, x in enumerate(leaves) if np.size(x)}
       flat = self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
@@ -77,6 +79,23 @@ class Checkpointer:
     if jax.process_count() > 1:
       host = multihost_utils.broadcast_one_to_all(host)
     return jax.tree.unflatten(treedef, [np.asarray(x) for x in host])
+
+  def _check_layout(self, host_template: Any) -> None:
+    """Refuses a checkpoint written for another state layout (another config, or a lopt
+    version that changed the meta-training state) instead of mis-assigning its leaves."""
+    saved = self.directory / "leaves.json"
+    if not saved.exists():
+      return
+    want = [(jax.tree_util.keystr(p), np.shape(x)) for p, x in
+            jax.tree_util.tree_flatten_with_path(host_template)[0]]
+    paths = json.loads(saved.read_text())
+    if paths != [p for p, _ in want]:
+      missing = sorted(set(p for p, _ in want) - set(paths))[:3]
+      raise ValueError(
+          f"The checkpoints in {self.directory} hold a different state layout than this "
+          f"run's ({len(paths)} saved leaves vs {len(want)} expected; e.g. expected "
+          f"{missing} not saved). They were written with another config or an older lopt "
+          "version; resume with that config/version, or start a new --workdir.")
 
   def close(self) -> None:
     if self._manager is not None:

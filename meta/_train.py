@@ -33,7 +33,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from lopt.meta._checkpoint import Checkpointer, to_host
-from lopt.meta._estimators import population_estimate, population_init
+from lopt.meta._estimators import population_estimates, population_init
 
 __all__ = ["MetaState", "MetaTrainer", "outer_optimizer", "run", "MetricsWriter"]
 
@@ -140,8 +140,8 @@ class MetaTrainer:
     keys = jax.random.split(k_step, len(estimators))
     total = float(sum(self.num_tasks))
     grad, unroll, metrics = None, [], {}
-    for i, (e, s, k, n) in enumerate(zip(estimators, state.unroll, keys, self.num_tasks)):
-      g, s, m = population_estimate(e, state.theta, s, k)
+    ests = population_estimates(estimators, state.theta, state.unroll, list(keys))
+    for i, ((g, s, m), n) in enumerate(zip(ests, self.num_tasks)):
       g = jax.tree.map(lambda x: x * (n / total), g)
       grad = g if grad is None else jax.tree.map(jnp.add, grad, g)
       unroll.append(s)

@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import optax
 from jax import lax
 
-__all__ = ["InnerState", "StepOut", "Unroller", "tree_where", "strong"]
+__all__ = ["InnerState", "StepGrads", "StepOut", "Unroller", "tree_where", "strong"]
 
 META_LOSS_SPLITS = ("train", "valid", "test")
 
@@ -42,6 +42,15 @@ class InnerState(NamedTuple):
   step: jax.Array     # int32 [], inner updates done since the last reset
   length: jax.Array   # int32 [], reset when step reaches it
   cfg: Any            # the task config sampled from the family
+
+
+class StepGrads(NamedTuple):
+  """`Unroller.step_grads`: the (possibly reset) state, gradients and loss of a step."""
+  state: "InnerState"
+  grads: Any
+  loss: jax.Array
+  reset: jax.Array
+  key: jax.Array      # for the meta-loss batch
 
 
 class StepOut(NamedTuple):
@@ -127,12 +136,25 @@ class Unroller:
   def begin(self, theta: Any, s: InnerState, key: jax.Array) -> tuple[InnerState, jax.Array]:
     """Resets the problem if its length is reached; returns `(state, was_reset)`."""
     reset = s.step >= s.length
-    fresh = strong(self.init(theta, key, offset=True), s)
-    fresh = fresh._replace(step=jnp.where(s.length < 0, fresh.step, 0))  # offset: first only
-    return tree_where(reset, fresh, s), reset
+    return tree_where(reset, self.fresh(theta, s, key), s), reset
+
+  def fresh(self, theta: Any, s: InnerState, key: jax.Array) -> InnerState:
+    """The problem that replaces `s` at a reset (`begin` selects it where due): the random
+    initial offset applies only to a `blank` placeholder (the population's first draw)."""
+    new = strong(self.init(theta, key, offset=True), s)
+    return new._replace(step=jnp.where(s.length < 0, new.step, 0))
 
   def step(self, theta: Any, s: InnerState, key: jax.Array) -> tuple[InnerState, StepOut]:
     """Trains the problem one step (resetting it first if `reset_every_step`)."""
+    g = self.step_grads(theta, s, key)
+    updates, opt_state = self.step_update(theta, g.state.params, g.state.opt_state, g.grads,
+                                          g.loss, g.state.length)
+    return self.step_finish(g, optax.apply_updates(g.state.params, updates), opt_state)
+
+  # `step` in three parts, so a population of several families can run the learned
+  # optimizer's update (`step_update`) of same-shaped problems as one batch.
+  def step_grads(self, theta: Any, s: InnerState, key: jax.Array) -> "StepGrads":
+    """Reset (if `reset_every_step`), batch, loss and gradients of one step."""
     k_reset, k_batch, k_loss, k_meta = jax.random.split(key, 4)
     if self.reset_every_step:
       s, reset = self.begin(theta, s, k_reset)
@@ -141,16 +163,34 @@ class Unroller:
     task = self.family.task(s.cfg)
     batch = task.sample_batch(k_batch, "train")
     (loss, _), grads = jax.value_and_grad(task.loss, has_aux=True)(s.params, k_loss, batch)
-    updates, opt_state = self.make_opt(theta, s.length).update(
-        grads, s.opt_state, s.params, loss=loss)
-    params = optax.apply_updates(s.params, updates)
+    return StepGrads(s, grads, loss, reset, k_meta)
+
+  def step_update(self, theta: Any, params: Any, opt_state: Any, grads: Any, loss: jax.Array,
+                  length: jax.Array) -> tuple[Any, Any]:
+    """The learned optimizer's update: `(updates, new opt_state)`."""
+    return self.make_opt(theta, length).update(grads, opt_state, params, loss=loss)
+
+  def step_finish(self, g: "StepGrads", params: Any, opt_state: Any
+                  ) -> tuple[InnerState, StepOut]:
+    """The new state from the updated params and optimizer state; the step's meta-loss."""
+    s = g.state
+    task = self.family.task(s.cfg)
     if self.meta_loss_split == "train":
-      meta = loss
+      meta = g.loss
     else:
-      k_b, k_l = jax.random.split(k_meta)
+      k_b, k_l = jax.random.split(g.key)
       meta, _ = task.loss(params, k_l, task.sample_batch(k_b, self.meta_loss_split))
     new = InnerState(params, opt_state, s.step + 1, s.length, s.cfg)
-    return strong(new, s), StepOut(task.normalizer(meta), loss, reset)
+    return strong(new, s), StepOut(task.normalizer(meta), g.loss, g.reset)
+
+  def update_signature(self, s: InnerState) -> tuple:
+    """Problems of unrollers with equal signatures can share one batched `step_update`
+    (same learned optimizer and options, same param/state structure and per-problem
+    shapes; `s` may carry leading batch axes, which are ignored)."""
+    tree = (s.params, s.opt_state)
+    nb = jnp.ndim(s.step)
+    leaves = tuple((jnp.shape(x)[nb:], jnp.result_type(x)) for x in jax.tree.leaves(tree))
+    return (self.lopt, self.pass_num_steps, jax.tree.structure(tree), leaves)
 
   def unroll(self, theta: Any, s: InnerState, key: jax.Array, num_steps: int, *,
              remat: bool = False) -> tuple[InnerState, StepOut]:

@@ -50,7 +50,7 @@ def test_one_and_four_devices_agree():
         st = tr.init(jax.random.PRNGKey(0))
         for _ in range(6):
           st, m = tr.step(st)   # blocks on CPU each step
-        leaf = st.unroll[0].pos.params["x"]
+        leaf = st.unroll[0].pair.params["x"]
         res[n] = {"theta": float(st.theta["log_lr"]), "loss": float(m["meta_loss"]),
                   "devices": len(leaf.sharding.device_set),
                   "shard_rows": leaf.addressable_shards[0].data.shape[0]}

@@ -126,13 +126,14 @@ def test_tbptt_equals_backprop_of_truncated_objective():
   s = u.init(theta, jax.random.PRNGKey(0), offset=False)
   s, _ = u.unroll(theta, s, jax.random.PRNGKey(1), 7)   # a mid-episode state
   est = meta.TBPTT(u, trunc_length=6)
-  state = meta.UnrollState(s, s, jax.tree.map(jnp.zeros_like, theta))
+  pair = jax.tree.map(lambda x: jnp.stack([x, x]), s)
+  state = meta.UnrollState(pair, jax.tree.map(jnp.zeros_like, theta))
   g, new_state, _ = jax.jit(est.estimate)(theta, state, jax.random.PRNGKey(2))
   cfg = s.cfg
   ref = jax.grad(lambda th: _reference_truncated_objective(
       th, s.params["x"], _unwrap_adam_state(s.opt_state), cfg["scales"], cfg["target"], 6))(theta)
   np.testing.assert_allclose(g["log_lr"], ref["log_lr"], rtol=1e-5)
-  assert int(new_state.pos.step) == 13
+  np.testing.assert_array_equal(new_state.pair.step, [13, 13])
 
 
 def _unwrap_adam_state(state):
@@ -157,9 +158,9 @@ def test_truncated_es_and_multi():
   assert {"0/meta_loss", "1/meta_loss", "meta_loss"} <= set(m)
   tes = meta.TruncatedES(u, trunc_length=5)
   g, s, m = jax.jit(tes.estimate)(theta, tes.init(theta, jax.random.PRNGKey(0)), key)
-  assert np.isfinite(float(g["log_lr"])) and int(s.pos.step) == 5
+  assert np.isfinite(float(g["log_lr"])) and int(s.pair.step[0]) == 5
   # TES restarts both halves from one state.
-  np.testing.assert_array_equal(s.pos.params["x"], s.neg.params["x"])
+  np.testing.assert_array_equal(s.pair.params["x"][0], s.pair.params["x"][1])
 
 
 def test_random_offset_staggers_and_schedules_sample_in_range():
@@ -168,9 +169,9 @@ def test_random_offset_staggers_and_schedules_sample_in_range():
   est = meta.PES(u, trunc_length=1)
   states = meta.population_init(est, theta, jax.random.PRNGKey(0), 64)
   _, states, _ = jax.jit(meta.population_estimate)(est, theta, states, jax.random.PRNGKey(1))
-  steps = np.asarray(states.pos.step) - 1
+  steps = np.asarray(states.pair.step[:, 0]) - 1
   assert steps.min() >= 0 and steps.max() < 50 and len(np.unique(steps)) > 10
-  np.testing.assert_array_equal(states.pos.step, states.neg.step)
+  np.testing.assert_array_equal(states.pair.step[:, 0], states.pair.step[:, 1])
   s = meta.LogUniformSchedule(10, 1000)
   lengths = np.asarray(jax.jit(jax.vmap(s.sample))(
       jax.random.split(jax.random.PRNGKey(0), 2000)))
@@ -207,3 +208,69 @@ def test_outer_optimizer_accumulates_and_clips():
   assert float(jnp.abs(u1["w"]).sum()) == 0.0           # first of two: accumulate only
   u2, state = tx.update(g, state, theta)
   np.testing.assert_allclose(u2["w"], [-0.1, 0.1], rtol=1e-4)  # Adam's first step: -lr*sign
+
+
+@pytest.mark.parametrize("kind", ["pes", "pes_reset_inside", "tes", "full_avg",
+                                  "full_last_recompute", "tbptt", "multi"])
+def test_population_path_equals_vmapped_estimate(kind):
+  """`population_estimate` unrolls the population as one scan over the vmapped step; it
+  must compute exactly what vmapping the per-problem `estimate` computes."""
+  u = _unroller(length=12, random_offset=6)
+  est = {"pes": lambda: meta.PES(u, trunc_length=5),
+         "pes_reset_inside": lambda: meta.PES(_unroller(length=7, reset_every_step=True),
+                                              trunc_length=5),
+         "tes": lambda: meta.TruncatedES(u, trunc_length=5),
+         "full_avg": lambda: meta.FullES(u, unroll_length=6),
+         "full_last_recompute": lambda: meta.FullES(u, unroll_length=6,
+                                                    loss_type="last_recompute"),
+         "tbptt": lambda: meta.TBPTT(u, trunc_length=5),
+         "multi": lambda: meta.Multi((meta.PES(u, trunc_length=5),
+                                      meta.TBPTT(u, trunc_length=5)), (3.0, 1.0))}[kind]()
+  assert hasattr(est, "estimate_population")
+  theta = u.lopt.init_meta(None)
+  n = 6
+  states = meta.population_init(est, theta, jax.random.PRNGKey(0), n)
+  vmapped = jax.jit(jax.vmap(est.estimate, in_axes=(None, 0, 0)))
+  batched = jax.jit(est.estimate_population)
+  s_a = s_b = states
+  for i in range(3):   # several truncations: resets and carried states too
+    keys = jax.random.split(jax.random.PRNGKey(10 + i), n)
+    g_a, s_a, m_a = vmapped(theta, s_a, keys)
+    g_b, s_b, m_b = batched(theta, s_b, keys)
+    for x, y in zip(jax.tree.leaves((g_a, s_a, m_a)), jax.tree.leaves((g_b, s_b, m_b))):
+      np.testing.assert_allclose(np.asarray(x, np.float64), np.asarray(y, np.float64),
+                                 rtol=1e-5, atol=1e-6)
+  assert float(jnp.abs(g_a["log_lr"]).sum()) > 0   # the estimates are not trivially zero
+
+
+def test_joint_unroll_of_several_families_equals_separate_estimates():
+  """`population_estimates` runs same-length estimators in one scan and batches the update
+  of same-shaped families; the result must equal separate `population_estimate` calls."""
+  lopt = testing.LogLRAdam()
+  sched = meta.ConstantSchedule(9)
+  ests = [meta.PES(meta.Unroller(testing.QuadraticFamily(dim=4), lopt, sched,
+                                 random_offset=5), trunc_length=4),
+          meta.TruncatedES(meta.Unroller(testing.QuadraticFamily(dim=4, noise=0.3), lopt,
+                                         sched), trunc_length=4),          # same shapes
+          meta.PES(meta.Unroller(testing.QuadraticFamily(dim=6), lopt, sched),
+                   trunc_length=4),                                        # other shapes
+          meta.TBPTT(meta.Unroller(testing.QuadraticFamily(dim=4), lopt, sched),
+                     trunc_length=4)]                                      # own path
+  sigs = {e.unroller.update_signature(e.unroller.init(lopt.init_meta(None),
+                                                      jax.random.PRNGKey(0)))
+          for e in ests[:3]}
+  assert len(sigs) == 2
+  theta = lopt.init_meta(None)
+  states = [meta.population_init(e, theta, jax.random.PRNGKey(i), 4) for i, e in enumerate(ests)]
+  joint = jax.jit(lambda st, ks: meta.population_estimates(ests, theta, st, ks))
+  sep = jax.jit(lambda st, ks: [meta.population_estimate(e, theta, s, k)
+                                for e, s, k in zip(ests, st, ks)])
+  sa = sb = states
+  for i in range(3):
+    keys = list(jax.random.split(jax.random.PRNGKey(100 + i), len(ests)))
+    a, b = joint(sa, keys), sep(sb, keys)
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+      np.testing.assert_allclose(np.asarray(x, np.float64), np.asarray(y, np.float64),
+                                 rtol=1e-5, atol=1e-6)
+    sa, sb = [r[1] for r in a], [r[1] for r in b]
+  assert all(abs(float(r[0]["log_lr"])) > 0 for r in a)

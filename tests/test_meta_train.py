@@ -184,3 +184,7 @@ def test_checkpointer_round_trips_keys_counters_and_empty_leaves(tmp_path):
   for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(back)):
     np.testing.assert_array_equal(a, b)
     assert np.asarray(a).dtype == np.asarray(b).dtype
+  # A checkpoint of another state layout (other config / older lopt) is refused clearly.
+  other = dict(state, pair=np.zeros((2, 3), np.float32))
+  with pytest.raises(ValueError, match="different state layout"):
+    meta.Checkpointer(tmp_path / "c").restore(3, other)
