@@ -44,7 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from lopt.meta._unroll import InnerState, Unroller, tree_where
+from lopt.meta._unroll import InnerState, Unroller
 
 __all__ = ["UnrollState", "PES", "TruncatedES", "FullES", "TBPTT", "Multi",
            "population_init", "population_estimate", "population_estimates",
