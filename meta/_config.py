@@ -163,10 +163,16 @@ def build_estimator(spec: dict, unroller: Unroller) -> Any:
 
 
 def _theta0(cfg: dict, lopt: Any) -> Any:
+  """`theta_init`: a `save_theta` dir / VeLO or Celo file, or a pretrained name."""
   path = cfg.get("theta_init")
   if not path:
     return None
-  from lopt.learned_opts import load_theta
+  from lopt.learned_opts import PRETRAINED, load_theta, pretrained
+  if not pathlib.Path(path).exists() and str(path) in PRETRAINED:
+    got, theta = pretrained(str(path))
+    if got != lopt:
+      raise ConfigError(f"theta_init={path!r} is a {got!r}, but the config trains {lopt!r}")
+    return theta
   return load_theta(path, lopt=lopt)
 
 

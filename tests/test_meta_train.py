@@ -123,6 +123,21 @@ def test_config_overrides_and_errors(tmp_path):
   assert not (tmp_path / "w").exists()  # no partial run folder
 
 
+def test_theta_init_from_a_pretrained_name():
+  """configs/lopt_fc_v2.py warm-starts from the bundled lopt-fc-v1 by name."""
+  from lopt import learned_opts
+  from lopt.meta._config import _theta0, build_lopt
+  cfg = load_config(REPO / "configs" / "lopt_fc_v2.py")
+  assert cfg["theta_init"] == "lopt-fc-v1"
+  theta = _theta0(cfg, build_lopt(cfg["lopt"]))
+  _, shipped = learned_opts.pretrained("lopt-fc-v1")
+  for a, b in zip(jax.tree.leaves(theta), jax.tree.leaves(shipped)):
+    np.testing.assert_array_equal(a, b)
+  with pytest.raises(ConfigError, match="but the config trains"):
+    _theta0(dict(cfg, lopt={"name": "celo", "hparams": {}}), build_lopt({"name": "celo",
+                                                                         "hparams": {}}))
+
+
 _OVERRIDES = ["num_steps=400", "checkpoint_every=10", "families.0.num_tasks=32",
               "families.0.kwargs.dim=64"]
 
