@@ -252,13 +252,21 @@ def _check_config(out: pathlib.Path, config: dict) -> None:
         "--out folder (finished runs there are reused only for the same settings)")
 
 
+def _same_paths(job: dict) -> dict:
+  """The job with its checkpoint path resolved, so `../x` and `/abs/x` (one file) match."""
+  ckpt = job.get("checkpoint")
+  if isinstance(ckpt, str) and os.path.exists(ckpt):
+    job = dict(job, checkpoint=os.path.realpath(ckpt))
+  return job
+
+
 def _check_resumable(job: dict) -> None:
   """An existing record must come from the same job (budget, hyperparameters, ...)."""
   path = pathlib.Path(job["out"])
   if not path.is_file():
     return
-  old = _jobs.read_json(path)["job"]
-  new = _jobs.to_jsonable({k: v for k, v in job.items() if k != "out"})
+  old = _same_paths(_jobs.read_json(path)["job"])
+  new = _same_paths(_jobs.to_jsonable({k: v for k, v in job.items() if k != "out"}))
   if old != new:
     diff = sorted(k for k in new if old.get(k) != new[k])
     raise BenchmarkError(

@@ -98,9 +98,14 @@ PRETRAINED: dict[str, CheckpointInfo] = {
         sha256=None, size=None, url=None, licence="Apache-2.0 (lopt)",
         description="lopt's own small per-parameter MLP optimizer, meta-trained with lopt "
                     "(bundled when released; its lopt.json gives the architecture)."),
+    "lopt-fc-v2": CheckpointInfo(
+        name="lopt-fc-v2", architecture="adafac_mlp", hparams={}, filename="", format="orbax",
+        sha256=None, size=None, url=None, licence="Apache-2.0 (lopt)",
+        description="lopt-fc-v1 meta-trained 11,750 more outer steps with the same recipe "
+                    "(configs/lopt_fc_v2.py): lower training loss, bundled."),
 }
 
-_ALIASES = {"celo_adam": "celo-adam", "lopt_fc_v1": "lopt-fc-v1"}
+_ALIASES = {"celo_adam": "celo-adam", "lopt_fc_v1": "lopt-fc-v1", "lopt_fc_v2": "lopt-fc-v2"}
 
 
 def info(name: str) -> CheckpointInfo:

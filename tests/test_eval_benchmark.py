@@ -200,3 +200,20 @@ def test_tuning_selects_at_the_budget_step():
   assert _tuning._final_valid_loss(rec, 20) == 1.0
   rec["history"]["train_loss"][15] = np.nan           # diverged within the budget: loses
   assert _tuning._final_valid_loss(rec, 20) == np.inf
+
+
+def test_resume_matches_one_checkpoint_file_under_two_paths(tmp_path, monkeypatch):
+  """A run recorded with `/abs/theta.state` resumes under `../x/theta.state` (same file);
+  another file is a different setting."""
+  from lopt.eval import _benchmark as B
+  (tmp_path / "x").mkdir()
+  (tmp_path / "x" / "theta.state").write_bytes(b"0")
+  (tmp_path / "x" / "other.state").write_bytes(b"1")
+  (tmp_path / "w").mkdir()
+  monkeypatch.chdir(tmp_path / "w")
+  rec = tmp_path / "seed_0.json"
+  job = {"task": "t", "label": "celo", "seed": 0, "checkpoint": str(tmp_path / "x/theta.state")}
+  rec.write_text(json.dumps({"job": job}))
+  B._check_resumable(dict(job, checkpoint="../x/theta.state", out=str(rec)))   # no error
+  with pytest.raises(B.BenchmarkError, match="different settings"):
+    B._check_resumable(dict(job, checkpoint="../x/other.state", out=str(rec)))
