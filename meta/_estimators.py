@@ -7,9 +7,11 @@ family) written for ONE inner problem:
   * `estimate(theta, state, key) -> (meta_grad, state, metrics)`
 
 `population_init` / `population_estimate` vmap them over a population and average. For a
-population, the truncated estimators also have `estimate_population` (same result): the
-problems' unrolls become one `lax.scan` over the vmapped step (`scan_vmapped`), which JAX
-traces ~2x faster than a vmapped scan.
+population the estimators also have `estimate_population` (same result as `vmap(estimate)`):
+the problems' unrolls become one `lax.scan` over the vmapped step (`scan_vmapped`), which JAX
+traces ~2x faster than a vmapped scan; `population_estimates` runs several populations'
+unrolls in one scan (`scan_population`), batching the learned-optimizer update of
+same-shaped families.
 
 Estimators:
   * `PES`: truncated Persistent Evolution Strategies (Vicol et al. 2021), antithetic, with
@@ -228,8 +230,29 @@ def _metrics(out, delta=None) -> dict[str, jax.Array]:
   return m
 
 
+class _AntitheticPopulation:
+  """The population path of an antithetic estimator, in three phases: `begin_population`
+  (vmapped per problem: resets, noise, thetas +- eps, start states), one unroll scan
+  (shared with other estimators of equal `unroll_spec()` by `population_estimates`), and
+  `end_population` (vmapped per problem: the estimate)."""
+
+  def _num_steps(self) -> int:
+    raise NotImplementedError
+
+  def unroll_spec(self) -> tuple[int, bool]:
+    """(steps, antithetic pair): estimators with equal specs can share one unroll scan."""
+    return self._num_steps(), True
+
+  def estimate_population(self, theta, states: UnrollState, keys):
+    """`vmap(estimate)` over a population, with the unrolls as one `scan_vmapped`."""
+    carry = self.begin_population(theta, states, keys)
+    thetas, starts, ks = carry[1]
+    result = scan_vmapped(self.unroller, thetas, starts, ks, self._num_steps(), pair=True)
+    return self.end_population(carry, result)
+
+
 @dataclasses.dataclass(frozen=True)
-class _TruncatedAntithetic:
+class _TruncatedAntithetic(_AntitheticPopulation):
   """Fields and the antithetic truncation shared by `PES` and `TruncatedES`."""
   unroller: Unroller
   trunc_length: int = 50
@@ -254,25 +277,14 @@ class _TruncatedAntithetic:
     result = _antithetic_unroll(self.unroller, theta, eps, starts, k, self.trunc_length)
     return self._finish(eps, state, result)
 
-  def estimate_population(self, theta, states: UnrollState, keys):
-    """`vmap(estimate)` over a population, with the unrolls as one `scan_vmapped`."""
-    carry = self.begin_population(theta, states, keys)
-    return self.end_population(carry, self.unroll_population(carry))
+  def _num_steps(self) -> int:
+    return self.trunc_length
 
-  # The three phases of `estimate_population` (`MetaTrainer` may compile them apart).
   def begin_population(self, theta, states: UnrollState, keys):
     eps, states, starts, ks = jax.vmap(self._prepare, in_axes=(None, 0, 0))(
         theta, states, keys)
     thetas = jax.vmap(_antithetic_thetas, in_axes=(None, 0))(theta, eps)
     return (eps, states), (thetas, starts, ks)
-
-  def unroll_spec(self) -> tuple[int, bool]:
-    """(steps, antithetic pair): estimators with equal specs can share one unroll scan."""
-    return self.trunc_length, True
-
-  def unroll_population(self, carry):
-    thetas, starts, ks = carry[1]
-    return scan_vmapped(self.unroller, thetas, starts, ks, self.trunc_length, pair=True)
 
   def end_population(self, carry, result):
     eps, states = carry[0]
@@ -333,7 +345,7 @@ class TruncatedES(_TruncatedAntithetic):
 
 
 @dataclasses.dataclass(frozen=True)
-class FullES:
+class FullES(_AntitheticPopulation):
   """Antithetic ES over a full unroll of `unroll_length` steps of a freshly sampled problem.
 
   The unroll state is carried through unchanged (full unrolls keep no state).
@@ -369,24 +381,13 @@ class FullES:
                                 self.unroll_length)
     return self._finish(eps, state, result, k_rec)
 
-  def estimate_population(self, theta, states: UnrollState, keys):
-    """`vmap(estimate)` over a population, with the unrolls as one `scan_vmapped`."""
-    carry = self.begin_population(theta, states, keys)
-    return self.end_population(carry, self.unroll_population(carry))
+  def _num_steps(self) -> int:
+    return self.unroll_length
 
-  # The three phases of `estimate_population` (`MetaTrainer` may compile them apart).
   def begin_population(self, theta, states: UnrollState, keys):
     eps, starts, ks, k_rec = jax.vmap(self._prepare, in_axes=(None, 0))(theta, keys)
     thetas = jax.vmap(_antithetic_thetas, in_axes=(None, 0))(theta, eps)
     return (eps, states, k_rec), (thetas, starts, ks)
-
-  def unroll_spec(self) -> tuple[int, bool]:
-    """(steps, antithetic pair): estimators with equal specs can share one unroll scan."""
-    return self.unroll_length, True
-
-  def unroll_population(self, carry):
-    thetas, starts, ks = carry[1]
-    return scan_vmapped(self.unroller, thetas, starts, ks, self.unroll_length, pair=True)
 
   def end_population(self, carry, result):
     eps, states, k_rec = carry[0]
