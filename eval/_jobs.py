@@ -182,6 +182,22 @@ def _worker_init(compile_cache: str | None) -> None:
     os.environ["XLA_FLAGS"] = (flags + " --xla_cpu_multi_thread_eigen=false "
                                "intra_op_parallelism_threads=1").strip()
   enable_compile_cache(compile_cache)
+  _exit_with_parent()
+
+
+def _exit_with_parent(poll_s: float = 1.0) -> None:
+  """A worker ends itself once its parent is gone (killed benchmark: no orphan runs left
+  training, and no half-written run records)."""
+  import threading
+  import time
+  parent = os.getppid()
+
+  def watch():
+    while os.getppid() == parent:
+      time.sleep(poll_s)
+    os._exit(1)
+
+  threading.Thread(target=watch, daemon=True, name="lopt-parent-watch").start()
 
 
 def _safe_run(job: dict) -> tuple[dict, str | None]:

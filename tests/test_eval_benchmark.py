@@ -217,3 +217,41 @@ def test_resume_matches_one_checkpoint_file_under_two_paths(tmp_path, monkeypatc
   B._check_resumable(dict(job, checkpoint="../x/theta.state", out=str(rec)))   # no error
   with pytest.raises(B.BenchmarkError, match="different settings"):
     B._check_resumable(dict(job, checkpoint="../x/other.state", out=str(rec)))
+
+
+def test_workers_end_when_the_benchmark_process_is_killed(tmp_path):
+  """A SIGKILLed `lopt benchmark` leaves no worker training on (they watch their parent)."""
+  import os, signal, subprocess, sys, time
+  code = f"""
+import concurrent.futures as cf, multiprocessing as mp, os, time
+from lopt.eval import _jobs
+def work(_):
+  return os.getpid()
+def sleep(_):
+  time.sleep(60)
+if __name__ == "__main__":
+  with cf.ProcessPoolExecutor(1, mp_context=mp.get_context("spawn"),
+                              initializer=_jobs._worker_init, initargs=(None,)) as pool:
+    open({str(tmp_path / 'pid')!r}, "w").write(str(pool.submit(work, 0).result()))
+    pool.submit(sleep, 0).result()
+"""
+  script = tmp_path / "parent.py"
+  script.write_text(code)
+  proc = subprocess.Popen([sys.executable, str(script)])
+  pid_file = tmp_path / "pid"
+  for _ in range(300):
+    if pid_file.exists() and pid_file.read_text():
+      break
+    time.sleep(0.1)
+  worker = int(pid_file.read_text())
+  os.kill(proc.pid, signal.SIGKILL)
+  proc.wait()
+  for _ in range(100):   # the watcher polls every second
+    try:
+      os.kill(worker, 0)
+    except ProcessLookupError:
+      break
+    time.sleep(0.1)
+  else:
+    os.kill(worker, signal.SIGKILL)
+    pytest.fail("the worker outlived its killed parent")
