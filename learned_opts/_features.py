@@ -84,6 +84,7 @@ def mlp_units(groups: Sequence[jax.Array], weights: Sequence[jax.Array], bias: j
   full = max((x.shape[1:] for x in groups), key=lambda s: int(np.prod(s)))
   rows = [_unstack(x) for x in groups]
   cols = [[_unstack(c) for c in _unstack(w, 1)] for w in weights]   # [k][c] scalars
+  bs = _unstack(bias)
   out = []
   for k in range(n_units):
     acc_full = None
@@ -99,7 +100,7 @@ def mlp_units(groups: Sequence[jax.Array], weights: Sequence[jax.Array], bias: j
     by_shape: dict[tuple, jax.Array] = {}
     for t in acc_small:
       by_shape[t.shape] = lax.add(by_shape[t.shape], t) if t.shape in by_shape else t
-    acc = lax.add(acc_full, _bcast(_unstack(bias)[k], acc_full.shape))
+    acc = lax.add(acc_full, _bcast(bs[k], acc_full.shape))
     for t in by_shape.values():
       acc = acc + t
     out.append(acc)
