@@ -133,6 +133,36 @@ def test_decoded_arrays_are_cached_on_disk(tmp_path, monkeypatch):
   datasets.clear_cache()
 
 
+def test_prepared_dataset_loads_without_tfds(tmp_path):
+  """Once prepared and loaded, a lopt dataset loads from its array cache in a process
+  where tfds cannot be imported (e.g. a GPU machine given only the cache files)."""
+  datasets.clear_cache()
+  first = datasets.load("digits", "valid", data_dir=tmp_path)
+  path = datasets.array_cache_path("digits", "valid", data_dir=tmp_path)
+  assert path is not None and path.is_file()
+  assert path.parent == pathlib.Path(str(datasets.prepare("digits", data_dir=tmp_path).data_path))
+  assert datasets.array_cache_path("mnist", "train") is None       # stock: tfds owns it
+  np.save(tmp_path / "expected.npy", first["image"])
+  script = textwrap.dedent(f"""
+      import sys
+      sys.modules["tensorflow_datasets"] = None   # any import of tfds now fails
+      import numpy as np
+      from lopt.tasks import datasets
+      d = datasets.load("digits", "valid", data_dir={str(tmp_path)!r})
+      np.testing.assert_array_equal(d["image"], np.load({str(tmp_path / "expected.npy")!r}))
+      try:
+        datasets.load("digits", "test", data_dir={str(tmp_path / "empty")!r})
+      except ImportError:
+        print("unprepared needs tfds")
+      print("ok")
+  """)
+  out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                       timeout=120)
+  assert out.returncode == 0, out.stderr
+  assert out.stdout.split() == ["unprepared", "needs", "tfds", "ok"]
+  datasets.clear_cache()
+
+
 def test_prepare_is_deterministic(data_dir, tmp_path):
   datasets.clear_cache()
   for name in ("digits",):  # mnist1d: compared with a fresh generation below

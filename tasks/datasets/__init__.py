@@ -31,6 +31,7 @@ from lopt.tasks.datasets._info import (
     get_info,
 )
 from lopt.tasks.datasets._load import (
+    array_cache_path,
     clear_cache,
     data_source,
     is_prepared,
@@ -47,6 +48,7 @@ __all__ = [
     "DatasetInfo",
     "DatasetUnavailableError",
     "UnknownDatasetError",
+    "array_cache_path",
     "clear_cache",
     "data_source",
     "get_info",

@@ -17,10 +17,10 @@ import sysconfig
 import numpy as np
 import tensorflow_datasets as tfds
 
-from lopt.tasks.datasets._info import DatasetUnavailableError
+from lopt.tasks.datasets._info import BUILDER_VERSION, DatasetUnavailableError
 
-_VERSION = tfds.core.Version("1.0.0")
-_NOTES = {"1.0.0": "Initial release."}
+_VERSION = tfds.core.Version(BUILDER_VERSION)
+_NOTES = {BUILDER_VERSION: "Initial release."}
 
 
 def _image_info(builder, shape, dtype, description, homepage="", citation=""):

@@ -6,6 +6,11 @@ import dataclasses
 from typing import Mapping
 
 
+# The version of every lopt-built tfds dataset (`_builders`); prepared data lives in
+# `<data dir>/<builder>/<BUILDER_VERSION>/`.
+BUILDER_VERSION = "1.0.0"
+
+
 class DatasetUnavailableError(Exception):
   """A dataset cannot be prepared here (offline, TensorFlow missing, local files absent).
 

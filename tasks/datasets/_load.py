@@ -11,7 +11,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from lopt.tasks.datasets._info import DatasetInfo, check_split, get_info
+from lopt.tasks.datasets._info import BUILDER_VERSION, DatasetInfo, check_split, get_info
 
 DEFAULT_DATA_DIR = "~/.cache/lopt/tfds"
 
@@ -154,18 +154,38 @@ def _read_all(source) -> list[dict[str, Any]]:
 ARRAY_CACHE = "lopt_arrays_{split}.npz"
 
 
+def array_cache_path(name: str, split: str, *, data_dir: str | os.PathLike | None = None
+                     ) -> pathlib.Path | None:
+  """Where `load` keeps the stacked arrays of a lopt-built dataset's split (None for stock
+  tfds datasets). The file exists only once the dataset is prepared and loaded once."""
+  info = get_info(name)
+  if info.stock:
+    return None
+  return (resolve_data_dir(data_dir) / info.builder / BUILDER_VERSION /
+          ARRAY_CACHE.format(split=split))
+
+
+def _read_array_cache(path: pathlib.Path | None) -> dict[str, np.ndarray] | None:
+  if path is None or not path.is_file():
+    return None
+  try:
+    with np.load(path) as z:
+      return {k: z[k] for k in z.files}
+  except (OSError, ValueError):     # unreadable (e.g. truncated by a full disk): rebuild it
+    return None
+
+
 @functools.lru_cache(maxsize=32)
 def _load_cached(name: str, split: str, folder: str) -> dict[str, np.ndarray]:
   info = get_info(name)
+  # A prepared lopt dataset loads from its array cache without importing tfds (seconds per
+  # process; and a machine that only runs benchmarks needs no tfds install).
+  raw = _read_array_cache(array_cache_path(name, split, data_dir=folder))
+  if raw is not None:
+    return _finish_read_only(info, raw)
   builder = prepare(name, data_dir=folder)
   cache = pathlib.Path(str(builder.data_path)) / ARRAY_CACHE.format(split=split)
-  raw = None
-  if cache.is_file():
-    try:
-      with np.load(cache) as z:
-        raw = {k: z[k] for k in z.files}
-    except (OSError, ValueError):   # unreadable (e.g. truncated by a full disk): rebuild it
-      raw = None
+  raw = _read_array_cache(cache)
   if raw is None:
     examples = _read_all(data_source(name, split, data_dir=folder))
     if info.kind == "text" and not info.stock:  # one stream, files in sorted path order
@@ -178,6 +198,10 @@ def _load_cached(name: str, split: str, folder: str) -> dict[str, np.ndarray]:
       os.replace(tmp, cache)
     except OSError:                  # read-only data dir: fine, just slower next time
       tmp.unlink(missing_ok=True)
+  return _finish_read_only(info, raw)
+
+
+def _finish_read_only(info: DatasetInfo, raw: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
   arrays = _finish(info, raw)
   for a in arrays.values():
     a.flags.writeable = False  # shared by every caller through the cache

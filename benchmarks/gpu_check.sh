@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# The device check for a lent GPU machine (see /work/.library/device/README.md): one
+# prepared script, run once, that finishes the held-out benchmark's two largest tasks with
+# the full protocol and, with the time left, the GPU step/meta-training benchmarks.
+#
+#   here:   bash benchmarks/gpu_prepare.sh                      # builds .gpu/ (32 MiB)
+#   device: run(command="bash benchmarks/gpu_check.sh", carry=[".gpu"], timeout_s=570)
+#
+# Every stage runs under `timeout` against one deadline ($GPU_CHECK_SECONDS, default 520 s)
+# so its results are packed into $OUT before the call's limit. Benchmark runs are resumable:
+# unpack a returned tarball at the repo root and `lopt benchmark` goes on from there.
+set -u
+T0=$(date +%s)
+DEADLINE=${GPU_CHECK_SECONDS:-520}
+OUT=${OUT:-/tmp/gpu_out}
+mkdir -p "$OUT"
+left() { echo $(( DEADLINE - ($(date +%s) - T0) )); }
+log() { echo "[gpu_check +$(( $(date +%s) - T0 ))s] $*" | tee -a "$OUT/gpu_check.log"; }
+
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+  --target /tmp/site .gpu/whl/*.whl || exit 1
+mkdir -p /tmp/pkg && ln -sfn "$PWD" /tmp/pkg/lopt      # the repo root is the package
+export PYTHONPATH=/tmp/pkg:/tmp/site PYTHONUNBUFFERED=1
+export LOPT_DATA_DIR=$PWD/.gpu/tfds LOPT_CACHE_DIR=/tmp/lopt_cache
+export XLA_PYTHON_CLIENT_PREALLOCATE=false              # several workers share the GPU
+export JAX_DEFAULT_MATMUL_PRECISION=highest             # fp32 matmuls/convs (no TF32), as on CPU
+nvidia-smi -L 2>&1 | tee -a "$OUT/gpu_check.log"
+python3 -c "import jax, optax, haiku; print('jax', jax.__version__, 'optax', optax.__version__,
+  'haiku', haiku.__version__, jax.devices())" 2>&1 | tee -a "$OUT/gpu_check.log"
+
+# Smoke stage (about 20 s): a learned optimizer and a baseline train on the GPU with the
+# image's JAX; stop at once otherwise, keeping the device time for a fixed rerun.
+log "smoke"
+timeout 120 python3 - >> "$OUT/gpu_check.log" 2>&1 <<'PY' || { log "smoke FAILED"; exit 1; }
+import jax
+from lopt.eval import _jobs
+assert jax.default_backend() == "gpu", jax.default_backend()
+for opt, ck in [("adam", None), ("celo", ".gpu/celo/celo_theta.state"), ("lopt-fc-v2", None)]:
+  job = _jobs.make_job(task="pycode-transformer-3x64", num_steps=4, optimizer=opt, label=opt,
+                       seed=0, out=f"/tmp/smoke/{opt}.json", checkpoint=ck, eval_every=2)
+  h = _jobs.run_job(job)["history"]
+  print("smoke", opt, float(h["train_loss"][-1]), float(h["valid_loss"][-1]), flush=True)
+PY
+log "smoke ok"
+
+OPTS="adam-tuned,nadamw-tuned,lion,lion-tuned,celo:path=.gpu/celo/celo_theta.state"
+OPTS="$OPTS,celo-adam:path=.gpu/celo/celo_adam_theta.state,lopt-fc-v1,lopt-fc-v2"
+bench() {  # bench TASK NAME SECONDS
+  log "benchmark $1 (limit $3 s)"
+  timeout -k 15 "$3" python3 -m lopt.cli benchmark --tasks "$1" --optimizers "$OPTS" \
+    --seeds 3 --envelope-factor 4 --workers "${GPU_WORKERS:-8}" --no-progress \
+    --out "runs/gpu_$2" --tuning-dir "runs/gpu_$2/tuning" > "$OUT/bench_$2.log" 2>&1
+  local rc=$?
+  log "benchmark $1 exit $rc"
+  tar czf "$OUT/$2.tar.gz" --exclude jax_cache "runs/gpu_$2" && log "packed $OUT/$2.tar.gz"
+}
+# fmnist-conv-32-64-64 first: it needs about 3 CPU hours; pycode-transformer-3x64 about 1.5.
+bench fmnist-conv-32-64-64 fm32 $(( $(left) - 150 ))
+[ "$(left)" -gt 60 ] && bench pycode-transformer-3x64 lm3x64 $(( $(left) - 30 ))
+
+if [ "$(left)" -gt 90 ]; then
+  log "lopt_step.py"
+  timeout "$(( $(left) - 45 ))" python3 benchmarks/lopt_step.py --sizes 1m,10m --no-mem \
+    --rounds 2 --json "$OUT/lopt_step.json" >> "$OUT/gpu_check.log" 2>&1
+fi
+if [ "$(left)" -gt 60 ]; then
+  log "meta_throughput.py"
+  timeout "$(( $(left) - 10 ))" python3 benchmarks/meta_throughput.py --steps 5 \
+    >> "$OUT/gpu_check.log" 2>&1
+fi
+log "done"
