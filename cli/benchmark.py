@@ -1,5 +1,6 @@
 """`lopt benchmark`: benchmark optimizers on a suite; `lopt benchmark score --dir F`: AlgoPerf
-scores of an AlgoPerf-layout folder; `lopt benchmark report --dir OUT`: redo a report."""
+scores of an AlgoPerf-layout folder; `lopt benchmark report --dir OUT`: redo a report;
+`lopt benchmark pool --dir A,B --out C`: one report over benchmark folders with disjoint tasks."""
 
 from __future__ import annotations
 
@@ -16,8 +17,9 @@ def register(sub: argparse._SubParsersAction) -> None:
       "results.json/csv, report.md and plots. `lopt benchmark score --dir F` prints "
       "{submission: score} for a folder with study_times.csv, heldout_study_times.csv and "
       "workload_budgets.csv (AlgoPerf v0.5 rules). `lopt benchmark report --dir OUT` "
-      "recomputes the results and report of a benchmark folder.")
-  p.add_argument("action", nargs="?", default="run", choices=("run", "score", "report"))
+      "recomputes the results and report of a benchmark folder. `lopt benchmark pool --dir "
+      "A,B --out C` writes one report over finished folders with disjoint tasks.")
+  p.add_argument("action", nargs="?", default="run", choices=("run", "score", "report", "pool"))
   p.add_argument("--suite", default="demo", help="train, heldout, demo, paper or all")
   p.add_argument("--tasks", default=None, help="comma-separated task names (instead of a suite)")
   p.add_argument("--optimizers", default="demo",
@@ -44,7 +46,7 @@ def register(sub: argparse._SubParsersAction) -> None:
   p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
   p.add_argument("--no-progress", action="store_true")
   p.add_argument("--dir", default=None, help="score: the AlgoPerf-layout folder; report: the "
-                 "benchmark folder")
+                 "benchmark folder; pool: comma-separated benchmark folders")
   p.add_argument("--enforce-budget", action="store_true",
                  help="score: also count study times above the ruleset budget as misses")
   p.set_defaults(func=run)
@@ -54,6 +56,8 @@ def run(args: argparse.Namespace) -> int:
   from lopt.cli import UsageError
   if args.action == "score":
     return _score(args)
+  if args.action == "pool":
+    return _pool(args)
   if args.action == "report":
     if not args.dir:
       raise UsageError("report needs --dir BENCHMARK_FOLDER")
@@ -109,4 +113,22 @@ def _score(args: argparse.Namespace) -> int:
   except (FileNotFoundError, ValueError) as e:
     raise UsageError(str(e)) from None
   print(json.dumps(result.scores))
+  return 0
+
+
+def _pool(args: argparse.Namespace) -> int:
+  from lopt.cli import UsageError
+  folders = [d.strip() for d in (args.dir or "").split(",") if d.strip()]
+  if not folders or args.out == "runs/benchmark":
+    raise UsageError("pool needs --dir FOLDER_A,FOLDER_B and --out NEW_FOLDER")
+  if any(os.path.abspath(args.out) == os.path.abspath(f) for f in folders):
+    raise UsageError("pool --out must be a new folder, not one of the pooled ones")
+  from lopt import eval as E
+  try:
+    res = E.pool(folders, args.out, plots=not args.no_plots)
+  except E.BenchmarkError as e:
+    raise UsageError(str(e)) from None
+  summary = {opt: {"speedup_iqm": a["speedup_iqm"][0], "tasks": a["tasks"],
+                   "hit_rate": a["hit_rate"]} for opt, a in res["aggregate"].items()}
+  print(json.dumps({"report": os.path.join(args.out, "report.md"), "summary": summary}))
   return 0

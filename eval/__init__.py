@@ -12,8 +12,8 @@ Example:
 """
 
 from lopt.eval import metrics, scoring
-from lopt.eval._benchmark import (SUITES, BenchmarkError, TaskEntry, check_available, rescore,
-                                  run_benchmark, suite_tasks)
+from lopt.eval._benchmark import (SUITES, BenchmarkError, TaskEntry, check_available, pool,
+                                  rescore, run_benchmark, suite_tasks)
 from lopt.eval._specs import REFERENCE, OptimizerSpec, SpecError, demo_specs, parse_spec, parse_specs
 from lopt.eval.metrics import (AdamEnvelope, benchmark_score, bootstrap_ci, geometric_mean,
                                hit_rate, iqm, performance_profile, speedup, steps_to_target,
@@ -22,7 +22,7 @@ from lopt.eval.scoring import score_folder, score_times
 
 __all__ = [
     "metrics", "scoring",
-    "SUITES", "BenchmarkError", "TaskEntry", "check_available", "rescore", "run_benchmark",
+    "SUITES", "BenchmarkError", "TaskEntry", "check_available", "pool", "rescore", "run_benchmark",
     "suite_tasks",
     "REFERENCE", "OptimizerSpec", "SpecError", "demo_specs", "parse_spec", "parse_specs",
     "AdamEnvelope", "benchmark_score", "bootstrap_ci", "geometric_mean", "hit_rate", "iqm",

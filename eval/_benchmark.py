@@ -352,3 +352,74 @@ def rescore(out: str | os.PathLike, *, report: bool = True, plots: bool = True) 
     _report.write_all(out, results, plots=plots)
   return results
 
+
+
+def pool(folders: Sequence[str | os.PathLike], out: str | os.PathLike | None = None, *,
+         plots: bool = True) -> dict:
+  """Pools finished benchmark folders with disjoint tasks into one set of results.
+
+  Each folder keeps its own targets, tuning and speedup envelope (its per-run rows are
+  recomputed from its files, as `rescore` does); the aggregates (speedup IQM / geo-mean with
+  task-stratified CIs, hit rates, AlgoPerf scores and profiles) are then taken over all
+  tasks. Folders run with different protocols (LR grid, envelope factor, tuning seeds) can be
+  pooled; `config["protocols"]` lists each folder's, and the report says so. Speedups are
+  capped at each folder's envelope factor.
+
+  Args:
+    folders: benchmark folders (`config.json` + run files), no task in two of them.
+    out: where to write results.json/csv, report.md and plots (None: write nothing).
+    plots: also write the PNG plots.
+
+  Returns:
+    The results dict, in the layout of `run_benchmark`'s.
+
+  Raises:
+    BenchmarkError: fewer than one folder, a folder that is not a benchmark folder, or a
+      task that appears in two folders.
+
+  Example:
+    >>> from lopt import eval as E
+    >>> res = E.pool(["runs/heldout_all", "runs/heldout_fm16"], "runs/heldout_pooled")  # doctest: +SKIP
+  """
+  folders = [pathlib.Path(f) for f in folders]
+  if not folders:
+    raise BenchmarkError("pool needs at least one benchmark folder")
+  parts = [(f, rescore(f, report=False, plots=False)) for f in folders]
+  tasks, labels, optimizers, protocols = [], [], [], []
+  owner: dict[str, pathlib.Path] = {}
+  merged: dict[str, dict] = {k: {} for k in ("targets", "tuning", "excluded", "errors",
+                                              "envelopes", "_curves")}
+  rows = []
+  for folder, res in parts:
+    cfg = res["config"]
+    for t in cfg["tasks"]:
+      if t["name"] in owner:
+        raise BenchmarkError(f"task {t['name']!r} is in both {owner[t['name']]} and {folder}: "
+                             "pool folders with disjoint tasks (or drop one of them)")
+      owner[t["name"]] = folder
+      tasks.append(t)
+    for o in cfg["optimizers"]:
+      if o["label"] not in labels:
+        labels.append(o["label"])
+        optimizers.append(o)
+    protocols.append({"folder": str(folder), "tasks": [t["name"] for t in cfg["tasks"]],
+                      **{k: cfg.get(k) for k in ("lr_grid", "envelope_factor", "tune_seeds",
+                                                 "seeds", "eval_every")},
+                      "trials": {o["label"]: o["trials"] for o in cfg["optimizers"]
+                                 if o["tuning"] == "halton"}})
+    rows += res["runs"]
+    for k in merged:
+      merged[k].update(res.get(k, {}))
+  first = parts[0][1]["config"]
+  config = {"suite": "pooled", "tasks": tasks, "optimizers": optimizers,
+            "seeds": first["seeds"], "reference": first["reference"],
+            "pooled_from": [str(f) for f in folders], "protocols": protocols}
+  summary = _analysis.summarise(rows, [t["name"] for t in tasks], labels)
+  results = {"config": config, "targets": merged["targets"], "tuning": merged["tuning"],
+             "runs": rows, **summary, "excluded": merged["excluded"],
+             "errors": merged["errors"], "envelopes": merged["envelopes"],
+             "_curves": merged["_curves"]}
+  if out is not None:
+    from lopt.eval import _report
+    _report.write_all(out, results, plots=plots)
+  return results

@@ -73,7 +73,8 @@ def markdown(results: dict, figures: dict[str, str] | None = None) -> str:
   cfg = results["config"]
   figures = figures or {}
   seeds = len(cfg["seeds"])
-  title = "custom task list" if cfg["suite"] == "custom" else f"`{cfg['suite']}` suite"
+  title = {"custom": "custom task list", "pooled": "pooled folders"}.get(
+      cfg["suite"], f"`{cfg['suite']}` suite")
   lines = [f"# lopt benchmark: {title}", ""]
   lines += [f"{len(cfg['tasks'])} tasks × {len(cfg['optimizers'])} optimizers × {seeds} seeds. "
             f"Reference: `{cfg['reference']}` (per-task target = the median over seeds of its "
@@ -84,6 +85,16 @@ def markdown(results: dict, figures: dict[str, str] | None = None) -> str:
             "generalises worse). "
             "CIs are 95% percentile-bootstrap intervals (over seeds per task; stratified by "
             "task for aggregates); with few seeds they are rough.", ""]
+  if cfg.get("protocols"):
+    lines += ["**Pooled from** (each folder keeps its own targets, tuning and envelope; "
+              "speedups are capped at its envelope factor):", ""]
+    for pr in cfg["protocols"]:
+      grid = "default grids" if not pr["lr_grid"] else f"{len(pr['lr_grid'])}-point LR grid"
+      trials = "".join(f", `{k}` {v or 'default'} trials" for k, v in pr["trials"].items())
+      n = len(pr["tasks"])
+      lines.append(f"- `{pr['folder']}` ({n} task{'' if n == 1 else 's'}): {grid}, envelope "
+                   f"{pr['envelope_factor']}×{trials}")
+    lines += [""]
   if results.get("excluded"):
     lines += ["**Not included:**", ""]
     lines += [f"- `{k}`: {v}" for k, v in results["excluded"].items()]

@@ -107,6 +107,32 @@ def test_rescore_reproduces_results(bench):
   assert again["aggregate"] == res["aggregate"]
 
 
+def test_pool_folders_with_disjoint_tasks(bench, tmp_path, capsys):
+  """`pool` over one folder reproduces its aggregates; over two, it aggregates all tasks,
+  says which protocol each folder used, and refuses a task found in two folders."""
+  from lopt.cli import main
+  root, res = bench
+  one = E.pool([root / "out"])
+  for opt, a in res["aggregate"].items():
+    np.testing.assert_allclose(one["aggregate"][opt]["speedup_iqm"], a["speedup_iqm"])
+    assert one["aggregate"][opt]["hit_rate"] == a["hit_rate"]
+  with pytest.raises(E.BenchmarkError, match="digits-mlp-32.*in both"):
+    E.pool([root / "out", root / "out"])
+  E.run_benchmark("demo", "adam-tuned", out=tmp_path / "other",
+                  tuning_dir=root / "cache" / "tuning",
+                  **{**KW, "tasks": ["digits-mlp-32-ln"], "lr_grid": [1e-3, 3e-2, 1e-1]})
+  assert main(["benchmark", "pool", "--dir", f"{root / 'out'},{tmp_path / 'other'}",
+               "--out", str(tmp_path / "pooled"), "--no-plots"]) == 0
+  summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["summary"]
+  assert summary["adam-tuned"]["tasks"] == 3 and summary["adam"]["tasks"] == 2
+  pooled = json.loads((tmp_path / "pooled" / "results.json").read_text())
+  assert {r["task"] for r in pooled["runs"]} == set(TASKS) | {"digits-mlp-32-ln"}
+  assert set(pooled["targets"]) == set(TASKS) | {"digits-mlp-32-ln"}
+  report = (tmp_path / "pooled" / "report.md").read_text()
+  assert "2-point LR grid" in report and "(1 task): 3-point LR grid" in report
+  assert main(["benchmark", "pool", "--dir", str(root / "out")]) == 2   # no --out
+
+
 def test_bad_inputs(tmp_path):
   with pytest.raises(E.BenchmarkError, match="unknown task"):
     E.run_benchmark("demo", "adam", out=tmp_path, tasks=["no-such-task"], progress=False)
