@@ -105,16 +105,18 @@ def markdown(results: dict, figures: dict[str, str] | None = None) -> str:
     lines += [""]
 
   lines += ["## Summary", "",
-            "| optimizer | speedup IQM [95% CI] | speedup geo-mean [95% CI] | hit rate | "
+            "| optimizer | tasks | speedup IQM [95% CI] | speedup geo-mean [95% CI] | hit rate | "
             "AlgoPerf score (steps) | AlgoPerf score (time) |",
-            "|---|---|---|---|---|---|"]
+            "|---|---|---|---|---|---|---|"]
   for opt, a in results["aggregate"].items():
-    lines.append(f"| `{opt}` | {_ci(a['speedup_iqm'])} | {_ci(a['speedup_geomean'])} | "
+    lines.append(f"| `{opt}` | {a['tasks']} | {_ci(a['speedup_iqm'])} | "
+                 f"{_ci(a['speedup_geomean'])} | "
                  f"{a['hit_rate']:.0%} | {a['algoperf_score_steps']:.3f} | "
                  f"{a['algoperf_score_time']:.3f} |")
   lines += ["", "AlgoPerf scores use the per-task median (over seeds) steps or training "
             "seconds to the target, r_max = 4, the same code that reproduces the published "
-            "v0.5 leaderboard (`lopt benchmark score`). Hit rate: runs reaching the target.",
+            "v0.5 leaderboard (`lopt benchmark score`); a task an optimizer did not run counts "
+            "as a miss there. Hit rate: runs reaching the target.",
             ""]
 
   lines += ["## Per task", "",
