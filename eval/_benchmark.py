@@ -374,7 +374,7 @@ def pool(folders: Sequence[str | os.PathLike], out: str | os.PathLike | None = N
     The results dict, in the layout of `run_benchmark`'s.
 
   Raises:
-    BenchmarkError: fewer than one folder, a folder that is not a benchmark folder, or a
+    BenchmarkError: no folder, a folder that is not a benchmark folder, or a
       task that appears in two folders.
 
   Example:
