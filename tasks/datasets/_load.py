@@ -185,7 +185,8 @@ def _load_cached(name: str, split: str, folder: str) -> dict[str, np.ndarray]:
     return _finish_read_only(info, raw)
   builder = prepare(name, data_dir=folder)
   cache = pathlib.Path(str(builder.data_path)) / ARRAY_CACHE.format(split=split)
-  raw = _read_array_cache(cache)
+  # lopt datasets: the same file was tried above; stock ones keep theirs beside tfds's data
+  raw = _read_array_cache(cache) if info.stock else None
   if raw is None:
     examples = _read_all(data_source(name, split, data_dir=folder))
     if info.kind == "text" and not info.stock:  # one stream, files in sorted path order
