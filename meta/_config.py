@@ -5,12 +5,17 @@ Config keys (see `configs/meta_smoke.py` for a complete example):
   seed, num_steps, checkpoint_every, keep, log_every,
   lopt: {"name": registry name or "testing:loglr_adam", "hparams": {...}},
   families: [{"name": family name or "testing:quadratic" or "task:<suite task>",
-              "num_tasks": int, "kwargs": {...}, "augment": [{"name": ..., **kw}, ...]}],
+              "num_tasks": int, "kwargs": {...}, "augment": [{"name": ..., **kw}, ...]}
+             or {"spec": a `lopt.tasks.distribution` family spec, "num_tasks": int}],
     or {"suite": "train", "num_tasks": int, "augment": [...]} (one family per suite task),
   truncation: {"name": "log_uniform", "min_length": .., "max_length": ..} | {"name":
     "constant", "length": ..},
-  random_offset, meta_loss_split ("train"|"valid"), pass_num_steps,
-  estimator: {"name": "pes"|"tes"|"full_es"|"tbptt", ...hyperparameters} or
+  random_offset, pass_num_steps,
+  meta_loss_split: "train" | "outer_valid" (a held-out stream of the training data; the
+    inner problems then train on the rest) | "valid" | "test", or a mix
+    {"train": 0.5, "outer_valid": 0.5},
+  estimator: {"name": "pes"|"tes"|"full_es"|"tbptt", ...hyperparameters; "loss_type":
+    "avg"|"last" for the truncated ones (mean of the truncation or its last step)} or
     {"name": "multi", "estimators": [...], "weights": [...]},
   outer: {"learning_rate", "clip_value", "clip_norm", "accumulate", "weight_decay"},
   eval: {"every": int, "tasks": [suite task names], "num_steps": int, "seeds": int}.
@@ -134,12 +139,15 @@ def build_families(cfg: dict) -> list[tuple[Any, int]]:
     raise ConfigError("config has no families; add families=[{'name': ..., 'num_tasks': 8}]")
   out = []
   for spec in specs:
+    if "spec" in spec:   # a parametric family of the meta-training distribution
+      spec = {"augment": spec["spec"].get("augment", []), **spec}
     try:
-      fam = _families.resolve_family(spec["name"], **spec.get("kwargs", {}))
+      fam = (_families.distribution_family(spec["spec"]) if "spec" in spec else
+             _families.resolve_family(spec["name"], **spec.get("kwargs", {})))
       for aug in spec.get("augment", []):
         fam = _families.augment(fam, aug)
     except (KeyError, ValueError) as e:
-      raise ConfigError(f"family {spec.get('name')!r}: {e}") from None
+      raise ConfigError(f"family {spec.get('name', spec.get('spec'))!r}: {e}") from None
     out.append((fam, int(spec["num_tasks"])))
   return out
 
@@ -158,7 +166,7 @@ def build_estimator(spec: dict, unroller: Unroller) -> Any:
     raise ConfigError(f"unknown estimator {name!r}; choose one of {sorted(table) + ['multi']}")
   try:
     return table[name](unroller, **spec)
-  except TypeError as e:
+  except (TypeError, ValueError) as e:
     raise ConfigError(f"estimator {name!r}: {e}") from None
 
 
@@ -185,9 +193,12 @@ def build_trainer(cfg: dict, *, devices=None) -> MetaTrainer:
     raise ConfigError(f"truncation: {e}") from None
   estimators, num_tasks = [], []
   for fam, n in build_families(cfg):
-    u = Unroller(fam, lopt, schedule, random_offset=int(cfg["random_offset"]),
-                 meta_loss_split=cfg["meta_loss_split"],
-                 pass_num_steps=bool(cfg["pass_num_steps"]))
+    try:
+      u = Unroller(fam, lopt, schedule, random_offset=int(cfg["random_offset"]),
+                   meta_loss_split=cfg["meta_loss_split"],
+                   pass_num_steps=bool(cfg["pass_num_steps"]))
+    except ValueError as e:
+      raise ConfigError(str(e)) from None
     estimators.append(build_estimator(cfg["estimator"], u))
     num_tasks.append(n)
   outer = dict(cfg["outer"])

@@ -18,6 +18,11 @@ Estimators:
     the accumulated perturbation since the last reset; unbiased for the full-unroll
     objective, also when a reset falls inside a truncation (steps after it are credited
     only with the current perturbation).
+
+The truncated estimators (PES, TruncatedES, TBPTT) take `loss_type`: "avg" (the mean
+meta-loss over the truncation's steps) or "last" (the meta-loss after its last step). What
+the meta-loss reads (training loss, a held-out stream of the training data, the validation
+split, or a mix) is the `Unroller`'s `meta_loss_split`.
   * `TruncatedES`: antithetic ES over each truncation, both halves started from one state.
   * `FullES`: antithetic ES over a whole fresh unroll (loss "avg", "last" or
     "last_recompute" on K batches), optional sign of the loss difference (as VeLO).
@@ -46,13 +51,25 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from lopt.meta._unroll import InnerState, Unroller
+from lopt.meta._unroll import InnerState, Unroller, meta_loss_mix
 
 __all__ = ["UnrollState", "PES", "TruncatedES", "FullES", "TBPTT", "Multi",
            "population_init", "population_estimate", "population_estimates",
            "scan_population", "scan_vmapped", "LOSS_TYPES"]
 
 LOSS_TYPES = ("avg", "last", "last_recompute")
+TRUNCATION_LOSS_TYPES = ("avg", "last")
+
+
+def _step_weights(loss_type: str, num_steps: int) -> jax.Array:
+  """Per-step weights of a truncation's meta-objective: the mean ("avg") or the last step
+  ("last", the meta-loss after the truncation's final update)."""
+  if loss_type not in TRUNCATION_LOSS_TYPES:
+    raise ValueError(f"loss_type must be one of {TRUNCATION_LOSS_TYPES} for truncated "
+                     f"estimators, got {loss_type!r}")
+  if loss_type == "avg":
+    return jnp.full((num_steps,), 1.0 / num_steps, jnp.float32)
+  return jnp.zeros((num_steps,), jnp.float32).at[-1].set(1.0)
 
 
 class UnrollState(NamedTuple):
@@ -259,7 +276,11 @@ class _TruncatedAntithetic(_AntitheticPopulation):
   std: float = 0.01
   clip_delta: float | None = None
   sign_delta: float | None = None
+  loss_type: str = "avg"
   persistent = True   # class constant: PES's negative half carries its own trajectory
+
+  def __post_init__(self):
+    _step_weights(self.loss_type, self.trunc_length)   # validates
 
   def init(self, theta: Any, key: jax.Array) -> UnrollState:
     return _fresh(self.unroller, theta, key)
@@ -304,10 +325,10 @@ class PES(_TruncatedAntithetic):
     reset = out.reset[0]                      # [T], equal for both halves
     delta = losses[0] - losses[1]             # [T]
     before = jnp.cumsum(reset) == 0           # steps still in the accumulated trajectory
-    t = self.trunc_length
-    c_accum = _shape_delta(jnp.sum(jnp.where(before, delta, 0.0)) / t, self.clip_delta,
+    w = _step_weights(self.loss_type, self.trunc_length)
+    c_accum = _shape_delta(jnp.sum(jnp.where(before, w * delta, 0.0)), self.clip_delta,
                            self.sign_delta)
-    c_eps = _shape_delta(jnp.sum(delta) / t, self.clip_delta, self.sign_delta)
+    c_eps = _shape_delta(jnp.sum(w * delta), self.clip_delta, self.sign_delta)
     denom = 2 * self.std ** 2
     grad = _add(_scale(state.accum, c_accum / denom), _scale(eps, c_eps / denom))
     any_reset = jnp.any(reset)
@@ -338,7 +359,8 @@ class TruncatedES(_TruncatedAntithetic):
 
   def _finish(self, eps, state: UnrollState, result):
     pair, out = result
-    delta = jnp.mean(out.meta_loss[0] - out.meta_loss[1])
+    w = _step_weights(self.loss_type, self.trunc_length)
+    delta = jnp.sum(w * (out.meta_loss[0] - out.meta_loss[1]))
     c = _shape_delta(delta, self.clip_delta, self.sign_delta) / (2 * self.std ** 2)
     return (_scale(eps, c), UnrollState(_both(_index(pair, 0)), state.accum),
             _metrics(out, delta))
@@ -409,14 +431,17 @@ class FullES(_AntitheticPopulation):
 
   def _recompute(self, s: InnerState, key: jax.Array) -> jax.Array:
     task = self.unroller.family.task(s.cfg)
-    split = self.unroller.meta_loss_split
+    total = 0.0
+    for split, weight in meta_loss_mix(self.unroller.meta_loss_split):
+      split = self.unroller.inner_split if split == "train" else split
 
-    def one(k):
-      k_b, k_l = jax.random.split(k)
-      return task.loss(s.params, k_l, task.sample_batch(k_b, split))[0]
+      def one(k, split=split):
+        k_b, k_l = jax.random.split(k)
+        return task.loss(s.params, k_l, task.sample_batch(k_b, split))[0]
 
-    return task.normalizer(jnp.mean(jax.lax.map(one, jax.random.split(key,
-                                                                      self.recompute_samples))))
+      keys = jax.random.split(key, self.recompute_samples)
+      total = total + weight * task.normalizer(jnp.mean(jax.lax.map(one, keys)))
+    return total
 
 
 @dataclasses.dataclass(frozen=True)
@@ -425,6 +450,10 @@ class TBPTT:
   meta-loss with respect to theta, from the carried state (each step rematerialised)."""
   unroller: Unroller
   trunc_length: int = 50
+  loss_type: str = "avg"
+
+  def __post_init__(self):
+    _step_weights(self.loss_type, self.trunc_length)   # validates
 
   def init(self, theta: Any, key: jax.Array) -> UnrollState:
     return _fresh(self.unroller, theta, key)
@@ -436,8 +465,9 @@ class TBPTT:
     def objective(th):
       final, out = self.unroller.unroll(th, _index(state.pair, 0), key, self.trunc_length,
                                         remat=True)
-      return jnp.mean(out.meta_loss), (final, out)
+      return jnp.sum(w * out.meta_loss), (final, out)
 
+    w = _step_weights(self.loss_type, self.trunc_length)
     grad, (final, out) = jax.grad(objective, has_aux=True)(theta)
     return grad, UnrollState(_both(final), state.accum), _metrics(out)
 
@@ -454,7 +484,9 @@ class TBPTT:
       pos = jax.tree.map(lambda x: x[:, 0], states.pair)
       final, out = scan_vmapped(self.unroller, ths, pos, keys, self.trunc_length,
                                 pair=False, remat=True)
-      return jnp.sum(jnp.mean(out.meta_loss, axis=1)), (final, out)
+      return jnp.sum(out.meta_loss * w), (final, out)
+
+    w = _step_weights(self.loss_type, self.trunc_length)
 
     grads, (final, out) = jax.grad(objective, has_aux=True)(thetas)
     return grads, UnrollState(jax.vmap(_both)(final), states.accum), jax.vmap(_metrics)(out)
@@ -501,11 +533,12 @@ class Multi:
     return grad, tuple(new), metrics
 
 
-for _cls, _meta in ((PES, ["trunc_length", "std", "clip_delta", "sign_delta"]),
-                    (TruncatedES, ["trunc_length", "std", "clip_delta", "sign_delta"]),
+for _cls, _meta in ((PES, ["trunc_length", "std", "clip_delta", "sign_delta", "loss_type"]),
+                    (TruncatedES, ["trunc_length", "std", "clip_delta", "sign_delta",
+                                   "loss_type"]),
                     (FullES, ["unroll_length", "std", "loss_type", "recompute_samples",
                               "clip_delta", "sign_delta"]),
-                    (TBPTT, ["trunc_length"])):
+                    (TBPTT, ["trunc_length", "loss_type"])):
   jax.tree_util.register_dataclass(_cls, data_fields=["unroller"], meta_fields=_meta)
 jax.tree_util.register_dataclass(Multi, data_fields=["estimators"], meta_fields=["weights"])
 

@@ -18,7 +18,8 @@ import jax.numpy as jnp
 
 from lopt.tasks.base import Task, TaskFamily, register_task
 
-__all__ = ["SingleTaskFamily", "resolve_family", "augment", "suite_task_names", "AUGMENTATIONS"]
+__all__ = ["SingleTaskFamily", "resolve_family", "distribution_family", "augment",
+           "suite_task_names", "AUGMENTATIONS"]
 
 # config name -> class name in lopt.tasks.augment
 AUGMENTATIONS = {"reparam": "ReparamFamily", "reduced_batch": "ReducedBatchFamily",
@@ -66,6 +67,16 @@ def resolve_family(name: str, **kwargs: Any) -> TaskFamily:
   if kwargs:
     raise ValueError(f"family {name!r} takes no options (got {sorted(kwargs)})")
   return families.get_family(name)
+
+
+def distribution_family(spec: dict) -> TaskFamily:
+  """The family of a `lopt.tasks.distribution` spec (refused if it is a held-out one)."""
+  from lopt.tasks import distribution
+  match = distribution.heldout_match(spec)
+  if match is not None:
+    raise ValueError(f"this family duplicates the held-out task {match!r}; the meta-training "
+                     "distribution must stay disjoint from the held-out suite")
+  return distribution.build_family(spec)
 
 
 def _hashable(spec: dict) -> dict:

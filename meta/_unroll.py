@@ -32,7 +32,32 @@ from jax import lax
 
 __all__ = ["InnerState", "StepGrads", "StepOut", "Unroller", "tree_where", "strong"]
 
-META_LOSS_SPLITS = ("train", "valid", "test")
+META_LOSS_SPLITS = ("train", "outer_valid", "valid", "test")
+
+
+def meta_loss_mix(spec: Any) -> tuple[tuple[str, float], ...]:
+  """A meta-loss spec as `((split, weight), ...)` with weights summing to 1.
+
+  `spec` is a split name (`"outer_valid"`), or a mapping / pairs of split -> weight
+  (`{"train": 0.5, "outer_valid": 0.5}`): the meta-loss is the weighted mix.
+
+  Example:
+    >>> meta_loss_mix({"train": 1, "outer_valid": 3})
+    (('train', 0.25), ('outer_valid', 0.75))
+  """
+  if isinstance(spec, str):
+    pairs = ((spec, 1.0),)
+  else:
+    pairs = tuple((str(k), float(v)) for k, v in (spec.items() if hasattr(spec, "items")
+                                                   else spec))
+  bad = [k for k, _ in pairs if k not in META_LOSS_SPLITS]
+  if bad or not pairs:
+    raise ValueError(f"meta_loss_split must be one of {META_LOSS_SPLITS} or a mapping of "
+                     f"them to weights, got {spec!r}")
+  total = sum(w for _, w in pairs)
+  if any(w < 0 for _, w in pairs) or total <= 0:
+    raise ValueError(f"meta_loss_split weights must be >= 0 with a positive sum, got {spec!r}")
+  return tuple((k, w / total) for k, w in pairs)
 
 
 class InnerState(NamedTuple):
@@ -85,8 +110,12 @@ class Unroller:
     schedule: truncation schedule sampling each problem's length.
     random_offset: at the very first init, the step counter starts uniformly in
       `[0, min(random_offset, length))` so the population's resets are staggered.
-    meta_loss_split: "train" uses the training loss of each step (before its update);
-      "valid"/"test" evaluate the updated params on a fresh batch of that split.
+    meta_loss_split: what each step's meta-loss reads. "train": the step's training loss
+      (before its update). "outer_valid": the updated params on a fresh batch of the train
+      data held out from inner training (the inner problem then trains on "outer_train",
+      see `lopt.tasks.base.META_SPLITS`), as learned_optimization's
+      `meta_loss_split="outer_valid"`. "valid"/"test": a fresh batch of that split. A
+      mapping `{split: weight}` (or pairs) mixes them (`meta_loss_mix`).
     pass_num_steps: pass the sampled length as `num_steps` to `lopt.make` (for optimizers
       whose features depend on the horizon, e.g. VeLO/Celo); else `num_steps=None`.
     reset_every_step: False (default): a problem whose length is reached is reset at the
@@ -104,9 +133,16 @@ class Unroller:
   reset_every_step: bool = False
 
   def __post_init__(self):
-    if self.meta_loss_split not in META_LOSS_SPLITS:
-      raise ValueError(f"meta_loss_split must be one of {META_LOSS_SPLITS}, got "
-                       f"{self.meta_loss_split!r}")
+    mix = meta_loss_mix(self.meta_loss_split)   # validates
+    if not isinstance(self.meta_loss_split, str):   # hashable, jit-static
+      object.__setattr__(self, "meta_loss_split", tuple((k, w) for k, w in mix))
+
+  @property
+  def inner_split(self) -> str:
+    """The split the inner problem trains on: "outer_train" when the meta-loss reads
+    "outer_valid" (so the two never share examples), else "train"."""
+    mix = meta_loss_mix(self.meta_loss_split)
+    return "outer_train" if any(k == "outer_valid" for k, _ in mix) else "train"
 
   def make_opt(self, theta: Any, length: jax.Array) -> optax.GradientTransformationExtraArgs:
     return self.lopt.make(theta, num_steps=length if self.pass_num_steps else None)
@@ -161,7 +197,7 @@ class Unroller:
     else:
       reset = jnp.zeros((), bool)
     task = self.family.task(s.cfg)
-    batch = task.sample_batch(k_batch, "train")
+    batch = task.sample_batch(k_batch, self.inner_split)
     (loss, _), grads = jax.value_and_grad(task.loss, has_aux=True)(s.params, k_loss, batch)
     return StepGrads(s, grads, loss, reset, k_meta)
 
@@ -175,13 +211,17 @@ class Unroller:
     """The new state from the updated params and optimizer state; the step's meta-loss."""
     s = g.state
     task = self.family.task(s.cfg)
-    if self.meta_loss_split == "train":
-      meta = g.loss
-    else:
-      k_b, k_l = jax.random.split(g.key)
-      meta, _ = task.loss(params, k_l, task.sample_batch(k_b, self.meta_loss_split))
+    meta, key = 0.0, g.key
+    for split, weight in meta_loss_mix(self.meta_loss_split):
+      if split == "train":
+        loss = g.loss
+      else:   # each held-out split its own fresh batch (the first uses the step's key)
+        k_b, k_l = jax.random.split(key)
+        key = jax.random.fold_in(key, 1)
+        loss, _ = task.loss(params, k_l, task.sample_batch(k_b, split))
+      meta = meta + weight * task.normalizer(loss)
     new = InnerState(params, opt_state, s.step + 1, s.length, s.cfg)
-    return strong(new, s), StepOut(task.normalizer(meta), g.loss, g.reset)
+    return strong(new, s), StepOut(jnp.asarray(meta, jnp.float32), g.loss, g.reset)
 
   def update_signature(self, s: InnerState) -> tuple:
     """Problems of unrollers with equal signatures can share one batched `step_update`

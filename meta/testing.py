@@ -29,11 +29,14 @@ __all__ = ["QuadraticTask", "QuadraticFamily", "LogLRAdam"]
 @register_task(data_fields=("scales", "target"))
 @dataclasses.dataclass(frozen=True)
 class QuadraticTask(Task):
-  """`0.5 * sum(scales * (x - target - noise)^2)`; x starts at `init_value`."""
+  """`0.5 * sum(scales * (x - target - noise)^2)`; x starts at `init_value`. Held-out
+  splits (anything but "train"/"outer_train") see the target moved by `valid_shift`, so a
+  validation meta-loss has its own, exactly known, optimum."""
   name: str = "quadratic"
   dim: int = 4
   noise: float = 0.0
   init_value: float = 1.0
+  valid_shift: float = 0.0
   scales: Any = None  # [dim]
   target: Any = None  # [dim]
 
@@ -42,9 +45,10 @@ class QuadraticTask(Task):
     return {"x": jnp.full((self.dim,), self.init_value, jnp.float32)}
 
   def sample_batch(self, key, split="train"):
+    shift = 0.0 if split in ("train", "outer_train") else self.valid_shift
     if self.noise == 0.0 or key is None:
-      return jnp.zeros((self.dim,), jnp.float32)
-    return self.noise * jax.random.normal(key, (self.dim,), jnp.float32)
+      return jnp.full((self.dim,), shift, jnp.float32)
+    return shift + self.noise * jax.random.normal(key, (self.dim,), jnp.float32)
 
   def loss(self, params, key, batch):
     del key
@@ -61,6 +65,7 @@ class QuadraticFamily(TaskFamily):
   dim: int = 4
   noise: float = 0.0
   fixed: bool = False
+  valid_shift: float = 0.0
 
   def sample(self, key):
     if self.fixed:
@@ -71,8 +76,8 @@ class QuadraticFamily(TaskFamily):
     return {"scales": scales, "target": target}
 
   def task(self, cfg):
-    return QuadraticTask(dim=self.dim, noise=self.noise, scales=cfg["scales"],
-                         target=cfg["target"])
+    return QuadraticTask(dim=self.dim, noise=self.noise, valid_shift=self.valid_shift,
+                         scales=cfg["scales"], target=cfg["target"])
 
 
 @dataclasses.dataclass(frozen=True)

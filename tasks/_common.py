@@ -45,9 +45,28 @@ def bounded_normalizer(loss: jax.Array, max_loss: float) -> jax.Array:
   return jnp.clip(10.0 * loss / max_loss, 0.0, 10.0)
 
 
-def check_split(split: str) -> None:
-  if split not in base.SPLITS:
-    raise ValueError(f"unknown split {split!r}; valid: {', '.join(base.SPLITS)}")
+def check_split(split: str, *, meta: bool = False) -> None:
+  valid = base.SPLITS + (base.META_SPLITS if meta else ())
+  if split not in valid:
+    raise ValueError(f"unknown split {split!r}; valid: {', '.join(valid)}")
+
+
+def stored_split(split: str) -> str:
+  """The split whose arrays `split` samples from (the meta splits live in "train")."""
+  check_split(split, meta=True)
+  return "train" if split in base.META_SPLITS else split
+
+
+def split_bounds(split: str, n: int) -> tuple[int, int]:
+  """`[lo, hi)`: the examples of its stored split (of `n`) that `split` samples from. The
+  meta splits cut the train data at `1 - OUTER_VALID_FRACTION`.
+
+  Example:
+    >>> split_bounds("outer_valid", 1000), split_bounds("valid", 500)
+    ((900, 1000), (0, 500))
+  """
+  cut = int(n * (1.0 - base.OUTER_VALID_FRACTION))
+  return {"outer_train": (0, cut), "outer_valid": (cut, n)}.get(split, (0, n))
 
 
 def cfg_value(cfg: Any, key: str, default=None):

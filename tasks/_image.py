@@ -88,10 +88,11 @@ class _ImageTask(base.Task):
     return {"image": _data.to_float_images(d["image"][idx]), "label": d["label"][idx]}
 
   def sample_batch(self, key: jax.Array, split: str = "train") -> base.Batch:
-    """Uniform with replacement: `{"image": float32 [B, ...], "label": int32 [B]}`."""
-    _common.check_split(split)
-    n = self.data[split]["label"].shape[0]
-    return self._example(split, jax.random.randint(key, (self.batch_size,), 0, n))
+    """Uniform with replacement: `{"image": float32 [B, ...], "label": int32 [B]}`
+    (`split` may be a meta split, see `base.META_SPLITS`)."""
+    stored = _common.stored_split(split)
+    lo, hi = _common.split_bounds(split, self.data[stored]["label"].shape[0])
+    return self._example(stored, jax.random.randint(key, (self.batch_size,), lo, hi))
 
   def eval_batches(self, split: str = "valid") -> base.Batch:
     """The first `min(N, eval_examples)` examples (rounded down to whole batches),

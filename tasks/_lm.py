@@ -55,11 +55,11 @@ class _CharLMTask(base.Task):
     raise NotImplementedError
 
   def sample_batch(self, key: jax.Array, split: str = "train") -> base.Batch:
-    """Uniform random windows: `{"tokens": int32 [B, seq_len + 1]}`."""
-    _common.check_split(split)
-    stream = self.data[split]
-    n = stream.shape[0]
-    starts = jax.random.randint(key, (self.batch_size, 1), 0, n - self.seq_len)
+    """Uniform random windows: `{"tokens": int32 [B, seq_len + 1]}` (a meta split's
+    windows stay inside its part of the train stream)."""
+    stream = self.data[_common.stored_split(split)]
+    lo, hi = _common.split_bounds(split, stream.shape[0])
+    starts = jax.random.randint(key, (self.batch_size, 1), lo, hi - self.seq_len)
     return {"tokens": stream[starts + jnp.arange(self.seq_len + 1)].astype(jnp.int32)}
 
   def eval_batches(self, split: str = "valid") -> base.Batch:

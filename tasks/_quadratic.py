@@ -47,7 +47,7 @@ class QuadraticTask(base.Task):
     return {"quadratic": {"x": jax.random.normal(key, (self.dim,), jnp.float32)}}
 
   def sample_batch(self, key, split="train"):
-    _common.check_split(split)
+    _common.check_split(split, meta=True)
     return {"eps": jax.random.normal(key, (self.batch_size, self.dim), jnp.float32)}
 
   def eval_batches(self, split="valid"):

@@ -38,6 +38,11 @@ Batch = Any   # a pytree of arrays with a leading batch dimension
 Aux = Mapping[str, jax.Array]
 
 SPLITS = ("train", "valid", "test")
+# Meta-training splits of the *train* data (learned_optimization's outer_train/outer_valid):
+# the inner problem trains on `outer_train` (the first 90 % of the train examples) and the
+# meta-loss reads `outer_valid` (the last 10 %), so valid/test stay unseen by meta-training.
+META_SPLITS = ("outer_train", "outer_valid")
+OUTER_VALID_FRACTION = 0.1
 
 _T = TypeVar("_T")
 
@@ -92,7 +97,8 @@ class Task:
     raise NotImplementedError
 
   def sample_batch(self, key: jax.Array, split: str = "train") -> Batch:
-    """Samples a batch of `split` ("train", "valid" or "test"); traceable inside jit."""
+    """Samples a batch of `split` ("train", "valid", "test", or a meta split
+    "outer_train"/"outer_valid" of the train data); traceable inside jit."""
     raise NotImplementedError
 
   @property
