@@ -14,6 +14,9 @@ def register(subparsers) -> None:
   p.add_argument("--workdir", required=True, help="run directory (metrics, checkpoints, theta)")
   p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
                  help="override a config value, e.g. --set outer.learning_rate=1e-3 (repeatable)")
+  p.add_argument("--resume", action="store_true",
+                 help="continue the run in --workdir (from its checkpoint, or from a committed "
+                      "small_state.npz); refused when there is none")
   p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
   p.add_argument("--no-compile-cache", action="store_true",
                  help="do not use JAX's persistent compilation cache (default: "
@@ -41,7 +44,7 @@ def _main(args: argparse.Namespace) -> int:
   if not args.no_compile_cache:
     enable_compile_cache()
   try:
-    summary = meta_train(cfg, args.workdir, progress=not args.no_progress)
+    summary = meta_train(cfg, args.workdir, progress=not args.no_progress, resume=args.resume)
   except ConfigError as e:
     raise UsageError(str(e)) from None
   if summary.get("theta"):

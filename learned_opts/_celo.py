@@ -36,6 +36,8 @@ CeloState = _hyper.HyperState
 
 
 def _need_num_steps(name: str, num_steps: int | None) -> int:
+  if isinstance(num_steps, jax.core.Tracer):   # meta-training: a sampled, traced length
+    return num_steps
   if num_steps is None or int(num_steps) < 1:
     raise ValueError(f"{name} needs the training length: make(theta, num_steps=N) with N >= 1 "
                      "(it sets the training-fraction and loss-EMA features of its scheduler).")

@@ -15,10 +15,11 @@ from typing import Any
 import jax
 
 from lopt.meta._config import ConfigError, build_eval_fn, build_trainer
-from lopt.meta._checkpoint import to_host
+from lopt.meta._checkpoint import SMALL_STATE, Checkpointer, save_small, to_host
 from lopt.meta._train import run
 
-__all__ = ["meta_train", "export_theta", "enable_compile_cache", "default_cache_dir"]
+__all__ = ["meta_train", "export_theta", "export_small", "stopping_point",
+           "enable_compile_cache", "default_cache_dir"]
 
 
 def default_cache_dir() -> pathlib.Path:
@@ -55,10 +56,19 @@ def _check_config(workdir: pathlib.Path, cfg: dict, *, write: bool) -> None:
 
 
 def meta_train(cfg: dict, workdir: str | pathlib.Path, *, progress: bool = True,
-               stop_after: int | None = None, devices=None) -> dict[str, Any]:
-  """Runs (or resumes) the experiment `cfg` in `workdir`; returns a summary dict."""
+               stop_after: int | None = None, devices=None, resume: bool = False
+               ) -> dict[str, Any]:
+  """Runs (or resumes) the experiment `cfg` in `workdir`; returns a summary dict.
+
+  `resume=True` insists on continuing: `workdir` must hold this config and a checkpoint or
+  a small resume state (`small_state.npz`, e.g. a committed stopping point copied there).
+  """
   workdir = pathlib.Path(workdir)
   primary = jax.process_index() == 0
+  if resume and not ((workdir / "config.json").exists() and (
+      (workdir / SMALL_STATE).exists() or any((workdir / "checkpoints").glob("[0-9]*")))):
+    raise ConfigError(f"--resume: {workdir} holds no run to continue (it needs config.json "
+                      f"and a checkpoint or {SMALL_STATE}); drop --resume to start one")
   if primary:
     _check_config(workdir, cfg, write=False)
   trainer = build_trainer(cfg, devices=devices)  # invalid configs fail here, nothing written
@@ -92,7 +102,6 @@ def export_theta(workdir: str | pathlib.Path, out: str | pathlib.Path, *,
   Useful when a run was stopped before `num_steps` (e.g. by a time limit).
   """
   from lopt.learned_opts import save_theta
-  from lopt.meta._checkpoint import Checkpointer
   workdir = pathlib.Path(workdir)
   cfg = json.loads((workdir / "config.json").read_text())
   trainer = build_trainer(cfg, devices=jax.devices()[:1])
@@ -106,3 +115,38 @@ def export_theta(workdir: str | pathlib.Path, out: str | pathlib.Path, *,
   return save_theta(out, trainer.lopt, state.theta, overwrite=True,
                     extra_meta={"outer_step": int(state.step), "config": cfg.get("name", ""),
                                 "skipped": int(state.skipped)})
+
+
+def export_small(workdir: str | pathlib.Path, *, step: int | None = None) -> pathlib.Path:
+  """Writes `workdir/small_state.npz` from a full checkpoint (latest by default), for runs
+  whose checkpoints predate the small state."""
+  workdir = pathlib.Path(workdir)
+  cfg = json.loads((workdir / "config.json").read_text())
+  trainer = build_trainer(cfg, devices=jax.devices()[:1])
+  ckpt = Checkpointer(workdir / "checkpoints")
+  step = ckpt.latest_step() if step is None else step
+  if step is None:
+    raise ConfigError(f"{workdir} has no checkpoint yet")
+  template = jax.eval_shape(trainer._init, trainer.estimators, jax.random.PRNGKey(0))
+  state = ckpt.restore(step, template)
+  ckpt.close()
+  save_small(workdir / SMALL_STATE, state)
+  return workdir / SMALL_STATE
+
+
+def stopping_point(workdir: str | pathlib.Path, out: str | pathlib.Path) -> pathlib.Path:
+  """Copies what a later session needs to continue the run in `workdir` into `out` (to be
+  committed): `config.json`, `small_state.npz` and `metrics.jsonl`. Continue with
+
+      mkdir -p runs/NAME && cp OUT/* runs/NAME/
+      lopt meta-train --config CONFIG --workdir runs/NAME --resume
+  """
+  import shutil
+  workdir, out = pathlib.Path(workdir), pathlib.Path(out)
+  if not (workdir / SMALL_STATE).exists():
+    export_small(workdir)
+  out.mkdir(parents=True, exist_ok=True)
+  for name in ("config.json", SMALL_STATE, "metrics.jsonl"):
+    if (workdir / name).exists():
+      shutil.copy2(workdir / name, out / name)
+  return out

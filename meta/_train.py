@@ -32,7 +32,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from lopt.meta._checkpoint import Checkpointer, to_host
+from lopt.meta._checkpoint import SMALL_STATE, Checkpointer, load_small, save_small, to_host
 from lopt.meta._estimators import population_estimates, population_init
 
 __all__ = ["MetaState", "MetaTrainer", "outer_optimizer", "run", "MetricsWriter"]
@@ -219,9 +219,11 @@ class MetricsWriter:
 def run(trainer: MetaTrainer, workdir: str | pathlib.Path, *, num_steps: int, seed: int = 0,
         checkpoint_every: int = 100, keep: int = 3, log_every: int = 1, eval_every: int = 0,
         eval_fn: Callable[[Any], dict[str, float]] | None = None, progress: bool = True,
-        stop_after: int | None = None) -> MetaState:
+        stop_after: int | None = None, log: Callable[[str], None] | None = None) -> MetaState:
   """Meta-trains for `num_steps` outer steps in `workdir`, resuming from its latest
-  checkpoint. Writes `metrics.jsonl`, `eval.jsonl` and `checkpoints/<step>/`.
+  checkpoint, else from its small resume state (`small_state.npz`: theta, outer state, key
+  and counters; the population is drawn afresh). Writes `metrics.jsonl`, `eval.jsonl`,
+  `checkpoints/<step>/` and, at every checkpoint, `small_state.npz`.
 
   Args:
     trainer: the population and outer step.
@@ -235,6 +237,7 @@ def run(trainer: MetaTrainer, workdir: str | pathlib.Path, *, num_steps: int, se
     eval_fn: maps host theta to a dict of scalars (e.g. held-out losses).
     progress: show a tqdm bar (process 0).
     stop_after: stop after this many steps of this call (tests; a crash stand-in).
+    log: called with one line when the run resumes (default: print on process 0).
 
   Returns:
     The final state.
@@ -246,9 +249,16 @@ def run(trainer: MetaTrainer, workdir: str | pathlib.Path, *, num_steps: int, se
   t0 = time.time()
   ckpt = Checkpointer(workdir / "checkpoints", keep=keep)
   state = trainer.init(jax.random.PRNGKey(seed))
+  log = log or (lambda line: print(line, flush=True) if primary else None)
   start = ckpt.latest_step()
   if start is not None:
     state = trainer.put(ckpt.restore(start, state))
+    log(f"resuming from step {start} (checkpoint {workdir / 'checkpoints' / str(start)})")
+  elif (workdir / SMALL_STATE).exists():
+    state = trainer.put(load_small(workdir / SMALL_STATE, to_host(state)))
+    start = int(to_host(state.step))
+    log(f"resuming from step {start} ({workdir / SMALL_STATE}: theta and outer state; "
+        "the population of inner problems is drawn afresh)")
   start = start or 0
   writer = MetricsWriter(workdir / "metrics.jsonl", resume_step=start)
   eval_writer = MetricsWriter(workdir / "eval.jsonl", resume_step=start)
@@ -274,6 +284,7 @@ def run(trainer: MetaTrainer, workdir: str | pathlib.Path, *, num_steps: int, se
         eval_writer.write({"step": n, **eval_fn(to_host(state.theta))})
       if n % checkpoint_every == 0 or n == num_steps:
         ckpt.save(n, state)
+        save_small(workdir / SMALL_STATE, state)
       if bar is not None:
         bar.update(1)
       if stop_after is not None and done_here >= stop_after:
