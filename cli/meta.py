@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import pathlib
 
 
 def register(subparsers) -> None:
@@ -28,6 +29,18 @@ def register(subparsers) -> None:
   p.add_argument("--num-processes", type=int, default=None)
   p.add_argument("--process-id", type=int, default=None)
   p.set_defaults(func=_main)
+  q = subparsers.add_parser(
+      "meta-select", help="compare candidate learned optimizers on the meta-validation set",
+      description="Scores candidates (theta directories or pretrained names) against tuned "
+      "Adam on the meta-validation tasks of a config's training distribution "
+      "(lopt.meta.selection); writes selection.json/.md/.png.")
+  q.add_argument("--config", required=True, help="the meta-training config (its families "
+                 "define the training draw the meta-validation set must avoid)")
+  q.add_argument("--candidate", action="append", required=True, metavar="NAME=SOURCE",
+                 help="a candidate: NAME=theta directory or pretrained name (repeatable)")
+  q.add_argument("--seeds", type=int, default=2)
+  q.add_argument("--out", required=True, help="output folder")
+  q.set_defaults(func=_select)
 
 
 def _main(args: argparse.Namespace) -> int:
@@ -50,4 +63,34 @@ def _main(args: argparse.Namespace) -> int:
   if summary.get("theta"):
     print(f"meta-trained {summary['step']} outer steps ({summary['skipped']} skipped); "
           f"theta saved to {summary['theta']}")
+  return 0
+
+
+def _select(args: argparse.Namespace) -> int:
+  from lopt.cli import UsageError
+  from lopt.meta import selection
+  from lopt.meta._config import ConfigError, load_config
+  try:
+    cfg = load_config(args.config)
+  except ConfigError as e:
+    raise UsageError(str(e)) from None
+  specs = [f["spec"] for f in cfg["families"] if isinstance(f, dict) and "spec" in f]
+  if not specs:
+    raise UsageError(f"{args.config} has no distribution families ({{'spec': ...}}); the "
+                     "meta-validation set is defined against such a draw")
+  if args.seeds < 1:
+    raise UsageError("--seeds must be >= 1")
+  candidates = {}
+  for item in args.candidate:
+    name, _, source = item.partition("=")
+    if not name or not source:
+      raise UsageError(f"--candidate {item!r} must look like NAME=SOURCE")
+    try:
+      candidates[name] = selection.candidate(source)
+    except (FileNotFoundError, KeyError, ValueError) as e:
+      raise UsageError(str(e)) from None
+  tasks = selection.meta_valid_tasks(specs)
+  result = selection.select(candidates, tasks, seeds=args.seeds, out=args.out)
+  print((pathlib.Path(args.out) / "selection.md").read_text(), end="")
+  print(f"chosen: {result['chosen']}")
   return 0

@@ -36,7 +36,7 @@ from lopt.tasks import distribution
 from lopt.training import train
 
 __all__ = ["STEPS", "ADAM_GRID", "meta_valid_tasks", "evaluate", "adam_reference", "score",
-           "select"]
+           "select", "candidate", "write_report"]
 
 STEPS = {"mlp": 600, "conv": 600, "transformer": 400, "lstm": 400}
 ADAM_GRID = (1e-3, 3e-3, 1e-2)
@@ -129,9 +129,66 @@ def select(candidates: dict[str, MakeTx], tasks: Sequence[tuple[str, Any, int]],
             "tasks": [n for n, _, _ in tasks], "seeds": seeds,
             "protocol": "mean log(final valid loss / tuned Adam's) on the meta-validation set"}
   if out is not None:
-    out = pathlib.Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / "selection.json.tmp"
-    tmp.write_text(json.dumps(result, indent=1, default=float))
-    tmp.replace(out / "selection.json")
+    write_report(result, out)
   return result
+
+
+def candidate(source: str) -> MakeTx:
+  """`num_steps -> transform` of a theta directory (`save_theta` / `export_theta` output)
+  or a pretrained name (`lopt-fc-v2`, `celo`, ...)."""
+  from lopt.learned_opts import PRETRAINED, load_optimizer, pretrained
+  if pathlib.Path(source).exists():
+    lopt, theta = load_optimizer(source)
+  elif source in PRETRAINED or source.replace("_", "-") in PRETRAINED:
+    lopt, theta = pretrained(source)
+  else:
+    raise FileNotFoundError(f"candidate {source!r} is neither a theta directory nor a "
+                            f"pretrained name ({', '.join(sorted(PRETRAINED))})")
+  return lambda num_steps: lopt.make(theta, num_steps=num_steps)
+
+
+def _finite(x: Any) -> Any:
+  """JSON-safe: inf/NaN -> None, recursively."""
+  if isinstance(x, dict):
+    return {k: _finite(v) for k, v in x.items()}
+  if isinstance(x, (list, tuple)):
+    return [_finite(v) for v in x]
+  if isinstance(x, float) and not math.isfinite(x):
+    return None
+  return x
+
+
+def write_report(result: dict, out: str | pathlib.Path) -> None:
+  """`selection.json`, `selection.md` (a table) and `selection.png` (per-task log ratios)."""
+  out = pathlib.Path(out)
+  out.mkdir(parents=True, exist_ok=True)
+  tmp = out / "selection.json.tmp"
+  tmp.write_text(json.dumps(_finite(result), indent=1))
+  tmp.replace(out / "selection.json")
+  lines = ["| candidate | score: mean log(final valid / tuned Adam) | best-valid log ratio | "
+           "train-loss log ratio | tasks won |", "|---|---|---|---|---|"]
+  for name, s in sorted(result["candidates"].items(), key=lambda kv: kv[1]["score"]):
+    mark = " (chosen)" if name == result["chosen"] else ""
+    lines.append(f"| `{name}`{mark} | {s['score']:+.3f} | {s['best_valid_log_ratio']:+.3f} | "
+                 f"{s['train_log_ratio']:+.3f} | {s['tasks_won']}/{s['num_tasks']} |")
+  (out / "selection.md").write_text("\n".join(lines) + "\n")
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  tasks = result["tasks"]
+  names = list(result["candidates"])
+  fig, ax = plt.subplots(figsize=(1.2 + 0.9 * len(tasks), 3.6))
+  width = 0.8 / max(1, len(names))
+  for i, name in enumerate(names):
+    per = result["candidates"][name]["per_task"]
+    ax.bar(np.arange(len(tasks)) + i * width, [per[t]["valid_log_ratio"] for t in tasks],
+           width, label=name)
+  ax.axhline(0.0, color="k", lw=0.8)
+  ax.set_xticks(np.arange(len(tasks)) + 0.4 - width / 2, tasks, rotation=30, ha="right",
+                fontsize=7)
+  ax.set_ylabel("log(final valid loss / tuned Adam)")
+  ax.set_title("meta-validation (lower is better)")
+  ax.legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(out / "selection.png", dpi=120)
+  plt.close(fig)
