@@ -3,7 +3,10 @@
 See docs/readme/meta.md.
 """
 
+from lopt.meta._estimators import Estimator
 from lopt.meta._estimators import FullES
+from lopt.meta._estimators import Plan
+from lopt.meta._estimators import estimate_per_task
 from lopt.meta._estimators import LOSS_TYPES
 from lopt.meta._estimators import Multi
 from lopt.meta._estimators import PES
@@ -24,6 +27,8 @@ from lopt.meta._train import MetricsWriter
 from lopt.meta._train import outer_optimizer
 from lopt.meta._train import run
 from lopt.meta._checkpoint import Checkpointer
+from lopt.meta._experiment import export_small, export_theta, meta_train, stopping_point
+from lopt.meta._unroll import meta_loss_mix
 from lopt.meta import distributed
 from lopt.meta import testing
 
@@ -42,6 +47,9 @@ __all__ = [
     "LOSS_TYPES",
     "LogUniformSchedule",
     "Multi",
+    "Estimator",
+    "Plan",
+    "estimate_per_task",
     "PES",
     "StepOut",
     "TBPTT",
@@ -52,4 +60,9 @@ __all__ = [
     "population_estimate",
     "population_estimates",
     "population_init",
+    "meta_loss_mix",
+    "meta_train",
+    "export_theta",
+    "export_small",
+    "stopping_point",
 ]

@@ -1,33 +1,38 @@
-"""Meta-gradient estimators sharing one interface and one unroll-state type.
+"""Meta-gradient estimators: one declared protocol, one driver, one unroll-state type.
 
-Every estimator is a frozen dataclass (a pytree whose only data is its `Unroller`'s task
-family) written for ONE inner problem:
+An estimator is a frozen dataclass (a pytree whose only data is its `Unroller`'s task
+family) written for ONE inner problem. It declares its truncation (`num_steps`, whether it
+unrolls an antithetic pair, whether its gradient is backprop through the unroll) and
+implements three pure functions:
 
-  * `init(theta, key) -> UnrollState`
-  * `estimate(theta, state, key) -> (meta_grad, state, metrics)`
+  * `init(theta, key) -> UnrollState`: the problem's initial state;
+  * `plan(theta, state, key) -> Plan`: resets, perturbations and the unroll's inputs;
+  * `finish(plan, final, out, grad) -> (meta_grad, state, metrics)`: the estimate from the
+    unroll's final states and per-step outputs (`grad`: backprop estimators only).
 
-`population_init` / `population_estimate` vmap them over a population and average. For a
-population the estimators also have `estimate_population` (same result as `vmap(estimate)`):
-the problems' unrolls become one `lax.scan` over the vmapped step (`scan_vmapped`), which JAX
-traces ~2x faster than a vmapped scan; `population_estimates` runs several populations'
-unrolls in one scan (`scan_population`), batching the learned-optimizer update of
-same-shaped families.
+The driver (`estimate_per_task`) runs any list of estimators over their populations:
+`plan` vmapped per problem, the unrolls of every estimator with the same `unroll_key()` as
+ONE `scan_population` (one loop; the learned-optimizer update of same-shaped families
+batched), differentiated for backprop estimators, then `finish` vmapped per problem. The
+single-problem `Estimator.estimate` is the same driver on a population of one, so both
+paths are one code path. `Multi` (a weighted average of estimators) is the only composite;
+the driver expands it into its members.
 
 Estimators:
   * `PES`: truncated Persistent Evolution Strategies (Vicol et al. 2021), antithetic, with
     the accumulated perturbation since the last reset; unbiased for the full-unroll
     objective, also when a reset falls inside a truncation (steps after it are credited
     only with the current perturbation).
-
-The truncated estimators (PES, TruncatedES, TBPTT) take `loss_type`: "avg" (the mean
-meta-loss over the truncation's steps) or "last" (the meta-loss after its last step). What
-the meta-loss reads (training loss, a held-out stream of the training data, the validation
-split, or a mix) is the `Unroller`'s `meta_loss_split`.
   * `TruncatedES`: antithetic ES over each truncation, both halves started from one state.
   * `FullES`: antithetic ES over a whole fresh unroll (loss "avg", "last" or
     "last_recompute" on K batches), optional sign of the loss difference (as VeLO).
   * `TBPTT`: backprop through each truncation (`jax.checkpoint` per step).
   * `Multi`: a weighted average of several estimators (each keeps its own state).
+
+The truncated estimators (PES, TruncatedES, TBPTT) take `loss_type`: "avg" (the mean
+meta-loss over the truncation's steps) or "last" (the meta-loss after its last step). What
+the meta-loss reads (training loss, a held-out stream of the training data, the validation
+split, or a mix) is the `Unroller`'s `meta_loss_split`.
 
 Example:
   >>> import jax
@@ -44,7 +49,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, NamedTuple, Sequence
+from typing import Any, ClassVar, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -53,9 +58,10 @@ import optax
 
 from lopt.meta._unroll import InnerState, Unroller, meta_loss_mix
 
-__all__ = ["UnrollState", "PES", "TruncatedES", "FullES", "TBPTT", "Multi",
-           "population_init", "population_estimate", "population_estimates",
-           "scan_population", "scan_vmapped", "LOSS_TYPES"]
+__all__ = ["UnrollState", "Plan", "Estimator", "PES", "TruncatedES", "FullES", "TBPTT",
+           "Multi", "estimate_per_task", "population_init", "population_estimate",
+           "population_estimates", "scan_population", "scan_vmapped", "LOSS_TYPES",
+           "TRUNCATION_LOSS_TYPES"]
 
 LOSS_TYPES = ("avg", "last", "last_recompute")
 TRUNCATION_LOSS_TYPES = ("avg", "last")
@@ -83,6 +89,26 @@ class UnrollState(NamedTuple):
   """
   pair: InnerState
   accum: Any
+
+
+class Plan(NamedTuple):
+  """One problem's truncation as its estimator planned it (`Estimator.plan`).
+
+  Attributes:
+    thetas: the meta-parameters each trajectory runs with: theta +- eps stacked on a
+      leading [2] (antithetic estimators), else theta.
+    starts: the start states, [2, ...] for antithetic estimators.
+    key: the unroll key (shared by an antithetic pair, hence the same data).
+    state: the problem's `UnrollState` after the truncation-start resets.
+    eps: the perturbation (ES estimators; None otherwise).
+    key_extra: a key for work after the unroll (FullES's recomputed loss; else unused).
+  """
+  thetas: Any
+  starts: InnerState
+  key: jax.Array
+  state: UnrollState
+  eps: Any = None
+  key_extra: Any = None
 
 
 def _perturb(theta: Any, key: jax.Array, std: float) -> Any:
@@ -123,13 +149,6 @@ def _shape_delta(delta: jax.Array, clip: float | None, sign: float | None) -> ja
 
 def _antithetic_thetas(theta: Any, eps: Any) -> Any:
   return _stack(_add(theta, eps), jax.tree.map(jnp.subtract, theta, eps))
-
-
-def _antithetic_unroll(u: Unroller, theta: Any, eps: Any, states: InnerState, key: jax.Array,
-                       num_steps: int):
-  """Unrolls theta+eps and theta-eps (a vmapped pair sharing keys, hence data)."""
-  return jax.vmap(lambda th, s: u.unroll(th, s, key, num_steps))(
-      _antithetic_thetas(theta, eps), states)
 
 
 def scan_population(unrollers: Sequence[Unroller], thetas: Sequence[Any],
@@ -228,114 +247,6 @@ def scan_vmapped(u: Unroller, thetas: Any, states: InnerState, keys: jax.Array,
                          remat=remat)[0]
 
 
-def _fresh(u: Unroller, theta: Any, key: jax.Array) -> UnrollState:
-  del key  # the first truncation samples the problems (`Unroller.blank`)
-  return UnrollState(_both(u.blank(theta)), jax.tree.map(jnp.zeros_like, theta))
-
-
-def _both(s: InnerState) -> InnerState:
-  """One problem as an equal pair (leading [2])."""
-  return jax.tree.map(lambda x: jnp.broadcast_to(x[None], (2,) + jnp.shape(x)), s)
-
-
-def _metrics(out, delta=None) -> dict[str, jax.Array]:
-  reset = out.reset if out.reset.ndim == 1 else out.reset[0]  # [T]; equal for both halves
-  m = {"meta_loss": jnp.mean(out.meta_loss), "inner_loss": jnp.mean(out.loss),
-       "resets": jnp.sum(reset).astype(jnp.float32)}
-  if delta is not None:
-    m["abs_delta_loss"] = jnp.abs(delta)
-  return m
-
-
-class _AntitheticPopulation:
-  """The population path of an antithetic estimator, in three phases: `begin_population`
-  (vmapped per problem: resets, noise, thetas +- eps, start states), one unroll scan
-  (shared with other estimators of equal `unroll_spec()` by `population_estimates`), and
-  `end_population` (vmapped per problem: the estimate)."""
-
-  def _num_steps(self) -> int:
-    raise NotImplementedError
-
-  def unroll_spec(self) -> tuple[int, bool]:
-    """(steps, antithetic pair): estimators with equal specs can share one unroll scan."""
-    return self._num_steps(), True
-
-  def estimate_population(self, theta, states: UnrollState, keys):
-    """`vmap(estimate)` over a population, with the unrolls as one `scan_vmapped`."""
-    carry = self.begin_population(theta, states, keys)
-    thetas, starts, ks = carry[1]
-    result = scan_vmapped(self.unroller, thetas, starts, ks, self._num_steps(), pair=True)
-    return self.end_population(carry, result)
-
-
-@dataclasses.dataclass(frozen=True)
-class _TruncatedAntithetic(_AntitheticPopulation):
-  """Fields and the antithetic truncation shared by `PES` and `TruncatedES`."""
-  unroller: Unroller
-  trunc_length: int = 50
-  std: float = 0.01
-  clip_delta: float | None = None
-  sign_delta: float | None = None
-  loss_type: str = "avg"
-  persistent = True   # class constant: PES's negative half carries its own trajectory
-
-  def __post_init__(self):
-    _step_weights(self.loss_type, self.trunc_length)   # validates
-
-  def init(self, theta: Any, key: jax.Array) -> UnrollState:
-    return _fresh(self.unroller, theta, key)
-
-  def _prepare(self, theta, state: UnrollState, key):
-    """Resets finished problems and draws eps; returns (eps, state, starts [2], key)."""
-    k_eps, k_unroll, k_begin = jax.random.split(key, 3)
-    eps = _perturb(theta, k_eps, self.std)
-    state = _begin(self.unroller, theta, state, k_begin)
-    starts = state.pair if self.persistent else _both(_index(state.pair, 0))
-    return eps, state, starts, k_unroll
-
-  def estimate(self, theta, state: UnrollState, key):
-    eps, state, starts, k = self._prepare(theta, state, key)
-    result = _antithetic_unroll(self.unroller, theta, eps, starts, k, self.trunc_length)
-    return self._finish(eps, state, result)
-
-  def _num_steps(self) -> int:
-    return self.trunc_length
-
-  def begin_population(self, theta, states: UnrollState, keys):
-    eps, states, starts, ks = jax.vmap(self._prepare, in_axes=(None, 0, 0))(
-        theta, states, keys)
-    thetas = jax.vmap(_antithetic_thetas, in_axes=(None, 0))(theta, eps)
-    return (eps, states), (thetas, starts, ks)
-
-  def end_population(self, carry, result):
-    eps, states = carry[0]
-    return jax.vmap(self._finish)(eps, states, result)
-
-  def _finish(self, eps, state: UnrollState, result):
-    raise NotImplementedError
-
-
-@dataclasses.dataclass(frozen=True)
-class PES(_TruncatedAntithetic):
-  """Truncated Persistent Evolution Strategies (antithetic)."""
-
-  def _finish(self, eps, state: UnrollState, result):
-    pair, out = result
-    losses = out.meta_loss                    # [2, T]
-    reset = out.reset[0]                      # [T], equal for both halves
-    delta = losses[0] - losses[1]             # [T]
-    before = jnp.cumsum(reset) == 0           # steps still in the accumulated trajectory
-    w = _step_weights(self.loss_type, self.trunc_length)
-    c_accum = _shape_delta(jnp.sum(jnp.where(before, w * delta, 0.0)), self.clip_delta,
-                           self.sign_delta)
-    c_eps = _shape_delta(jnp.sum(w * delta), self.clip_delta, self.sign_delta)
-    denom = 2 * self.std ** 2
-    grad = _add(_scale(state.accum, c_accum / denom), _scale(eps, c_eps / denom))
-    any_reset = jnp.any(reset)
-    accum = jax.tree.map(lambda a, e: jnp.where(any_reset, e, a + e), state.accum, eps)
-    return grad, UnrollState(pair, accum), _metrics(out, jnp.mean(delta))
-
-
 def _begin(u: Unroller, theta: Any, state: UnrollState, key: jax.Array) -> UnrollState:
   """Truncation-start resets (only when the unroller does not reset inside the scan); a
   reset problem starts a new PES accumulation."""
@@ -351,23 +262,155 @@ def _begin(u: Unroller, theta: Any, state: UnrollState, key: jax.Array) -> Unrol
   return UnrollState(pair, accum)
 
 
+def _metrics(out, delta=None) -> dict[str, jax.Array]:
+  reset = out.reset if out.reset.ndim == 1 else out.reset[0]  # [T]; equal for both halves
+  m = {"meta_loss": jnp.mean(out.meta_loss), "inner_loss": jnp.mean(out.loss),
+       "resets": jnp.sum(reset).astype(jnp.float32)}
+  if delta is not None:
+    m["abs_delta_loss"] = jnp.abs(delta)
+  return m
+
+
+def _fresh(u: Unroller, theta: Any) -> UnrollState:
+  # The first truncation samples the problems (`Unroller.blank`).
+  return UnrollState(_both(u.blank(theta)), jax.tree.map(jnp.zeros_like, theta))
+
+
+def _both(s: InnerState) -> InnerState:
+  """One problem as an equal pair (leading [2])."""
+  return jax.tree.map(lambda x: jnp.broadcast_to(x[None], (2,) + jnp.shape(x)), s)
+
+
+def _estimator(cls):
+  """Registers an estimator dataclass as a pytree: `unroller` is data, every other field
+  static (read from the dataclass, so no field list is kept by hand)."""
+  meta = [f.name for f in dataclasses.fields(cls) if f.name != "unroller"]
+  jax.tree_util.register_dataclass(cls, data_fields=["unroller"], meta_fields=meta)
+  return cls
+
+
+class Estimator:
+  """The protocol every estimator implements (see the module docstring).
+
+  Class attributes declare the unroll: `antithetic` (a +-eps pair per problem) and
+  `backprop` (the driver differentiates the unroll and hands `finish` the gradient).
+  """
+  unroller: Unroller
+  antithetic: ClassVar[bool] = True
+  backprop: ClassVar[bool] = False
+
+  @property
+  def num_steps(self) -> int:
+    """Steps unrolled per `estimate`."""
+    raise NotImplementedError
+
+  def unroll_key(self) -> tuple[int, bool, bool]:
+    """Estimators with equal keys unroll in one scan."""
+    return self.num_steps, self.antithetic, self.backprop
+
+  def step_weights(self) -> jax.Array:
+    """[num_steps] weights of the per-step meta-loss in a backprop objective."""
+    return jnp.full((self.num_steps,), 1.0 / self.num_steps, jnp.float32)
+
+  def init(self, theta: Any, key: jax.Array) -> UnrollState:
+    del key
+    return _fresh(self.unroller, theta)
+
+  def plan(self, theta: Any, state: UnrollState, key: jax.Array) -> Plan:
+    raise NotImplementedError
+
+  def finish(self, plan: Plan, final: InnerState, out: Any, grad: Any = None):
+    raise NotImplementedError
+
+  def estimate(self, theta: Any, state: UnrollState, key: jax.Array):
+    """`(meta_grad, state, metrics)` for one problem: the driver on a population of one."""
+    return _unbatch(estimate_per_task([self], theta, [_batch(state)], [key[None]])[0])
+
+  def estimate_population(self, theta: Any, states: UnrollState, keys: jax.Array):
+    """Per-problem `(meta_grads, states, metrics)` of a population (leading axis [P])."""
+    return estimate_per_task([self], theta, [states], [keys])[0]
+
+
+def _batch(tree: Any) -> Any:
+  return jax.tree.map(lambda x: jnp.asarray(x)[None], tree)
+
+
+def _unbatch(tree: Any) -> Any:
+  return jax.tree.map(lambda x: x[0], tree)
+
+
 @dataclasses.dataclass(frozen=True)
-class TruncatedES(_TruncatedAntithetic):
+class _Antithetic(Estimator):
+  """Fields and planning shared by `PES` and `TruncatedES` (antithetic truncations)."""
+  unroller: Unroller
+  trunc_length: int = 50
+  std: float = 0.01
+  clip_delta: float | None = None
+  sign_delta: float | None = None
+  loss_type: str = "avg"
+
+  def __post_init__(self):
+    _step_weights(self.loss_type, self.trunc_length)   # validates
+
+  @property
+  def num_steps(self) -> int:
+    return self.trunc_length
+
+  def _starts(self, state: UnrollState) -> InnerState:
+    raise NotImplementedError
+
+  def plan(self, theta, state: UnrollState, key) -> Plan:
+    k_eps, k_unroll, k_begin = jax.random.split(key, 3)
+    eps = _perturb(theta, k_eps, self.std)
+    state = _begin(self.unroller, theta, state, k_begin)
+    return Plan(_antithetic_thetas(theta, eps), self._starts(state), k_unroll, state, eps)
+
+
+@_estimator
+@dataclasses.dataclass(frozen=True)
+class PES(_Antithetic):
+  """Truncated Persistent Evolution Strategies (antithetic)."""
+
+  def _starts(self, state: UnrollState) -> InnerState:
+    return state.pair        # each half continues its own trajectory
+
+  def finish(self, plan: Plan, final: InnerState, out: Any, grad: Any = None):
+    del grad
+    state, eps = plan.state, plan.eps
+    delta = out.meta_loss[0] - out.meta_loss[1]          # [T]
+    reset = out.reset[0]                                 # [T], equal for both halves
+    before = jnp.cumsum(reset) == 0           # steps still in the accumulated trajectory
+    w = _step_weights(self.loss_type, self.trunc_length)
+    c_accum = _shape_delta(jnp.sum(jnp.where(before, w * delta, 0.0)), self.clip_delta,
+                           self.sign_delta)
+    c_eps = _shape_delta(jnp.sum(w * delta), self.clip_delta, self.sign_delta)
+    denom = 2 * self.std ** 2
+    grad = _add(_scale(state.accum, c_accum / denom), _scale(eps, c_eps / denom))
+    any_reset = jnp.any(reset)
+    accum = jax.tree.map(lambda a, e: jnp.where(any_reset, e, a + e), state.accum, eps)
+    return grad, UnrollState(final, accum), _metrics(out, jnp.mean(delta))
+
+
+@_estimator
+@dataclasses.dataclass(frozen=True)
+class TruncatedES(_Antithetic):
   """Antithetic ES per truncation; both halves start from the same (positive) state."""
 
-  persistent = False
+  def _starts(self, state: UnrollState) -> InnerState:
+    return _both(_index(state.pair, 0))
 
-  def _finish(self, eps, state: UnrollState, result):
-    pair, out = result
+  def finish(self, plan: Plan, final: InnerState, out: Any, grad: Any = None):
+    del grad
     w = _step_weights(self.loss_type, self.trunc_length)
     delta = jnp.sum(w * (out.meta_loss[0] - out.meta_loss[1]))
     c = _shape_delta(delta, self.clip_delta, self.sign_delta) / (2 * self.std ** 2)
-    return (_scale(eps, c), UnrollState(_both(_index(pair, 0)), state.accum),
+    return (_scale(plan.eps, c), UnrollState(_both(_index(final, 0)), plan.state.accum),
             _metrics(out, delta))
 
 
+@_estimator
 @dataclasses.dataclass(frozen=True)
-class FullES(_AntitheticPopulation):
+class FullES(Estimator):
   """Antithetic ES over a full unroll of `unroll_length` steps of a freshly sampled problem.
 
   The unroll state is carried through unchanged (full unrolls keep no state).
@@ -388,46 +431,29 @@ class FullES(_AntitheticPopulation):
     if self.loss_type not in LOSS_TYPES:
       raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {self.loss_type!r}")
 
-  def init(self, theta: Any, key: jax.Array) -> UnrollState:
-    return _fresh(self.unroller, theta, key)
+  @property
+  def num_steps(self) -> int:
+    return self.unroll_length
 
-  def _prepare(self, theta, key):
+  def plan(self, theta, state: UnrollState, key) -> Plan:
     k_init, k_eps, k_unroll, k_rec = jax.random.split(key, 4)
     s0 = self.unroller.init(theta, k_init, offset=False, length=self.unroll_length)
     eps = _perturb(theta, k_eps, self.std)
-    return eps, _both(s0), k_unroll, k_rec
+    return Plan(_antithetic_thetas(theta, eps), _both(s0), k_unroll, state, eps, k_rec)
 
-  def estimate(self, theta, state: UnrollState, key):
-    eps, starts, k_unroll, k_rec = self._prepare(theta, key)
-    result = _antithetic_unroll(self.unroller, theta, eps, starts, k_unroll,
-                                self.unroll_length)
-    return self._finish(eps, state, result, k_rec)
-
-  def _num_steps(self) -> int:
-    return self.unroll_length
-
-  def begin_population(self, theta, states: UnrollState, keys):
-    eps, starts, ks, k_rec = jax.vmap(self._prepare, in_axes=(None, 0))(theta, keys)
-    thetas = jax.vmap(_antithetic_thetas, in_axes=(None, 0))(theta, eps)
-    return (eps, states, k_rec), (thetas, starts, ks)
-
-  def end_population(self, carry, result):
-    eps, states, k_rec = carry[0]
-    return jax.vmap(self._finish)(eps, states, result, k_rec)
-
-  def _finish(self, eps, state: UnrollState, result, k_rec):
-    finals, out = result
+  def finish(self, plan: Plan, final: InnerState, out: Any, grad: Any = None):
+    del grad
     if self.loss_type == "avg":
       losses = jnp.mean(out.meta_loss, axis=1)                 # [2]
     elif self.loss_type == "last":
       losses = out.meta_loss[:, -1]
     else:
-      losses = jax.vmap(lambda s: self._recompute(s, k_rec))(finals)
+      losses = jax.vmap(lambda s: self._recompute(s, plan.key_extra))(final)
     delta = losses[0] - losses[1]
     c = _shape_delta(delta, self.clip_delta, self.sign_delta) / (2 * self.std ** 2)
     m = _metrics(out, delta)
     m["meta_loss"] = jnp.mean(losses)
-    return _scale(eps, c), state, m
+    return _scale(plan.eps, c), plan.state, m
 
   def _recompute(self, s: InnerState, key: jax.Array) -> jax.Array:
     task = self.unroller.family.task(s.cfg)
@@ -444,61 +470,45 @@ class FullES(_AntitheticPopulation):
     return total
 
 
+@_estimator
 @dataclasses.dataclass(frozen=True)
-class TBPTT:
-  """Truncated backprop through time: the exact gradient of each truncation's mean
-  meta-loss with respect to theta, from the carried state (each step rematerialised)."""
+class TBPTT(Estimator):
+  """Truncated backprop through time: the exact gradient of each truncation's meta-loss
+  (mean or last step) with respect to theta, from the carried state (each step
+  rematerialised)."""
   unroller: Unroller
   trunc_length: int = 50
   loss_type: str = "avg"
+  antithetic: ClassVar[bool] = False
+  backprop: ClassVar[bool] = True
 
   def __post_init__(self):
     _step_weights(self.loss_type, self.trunc_length)   # validates
 
-  def init(self, theta: Any, key: jax.Array) -> UnrollState:
-    return _fresh(self.unroller, theta, key)
+  @property
+  def num_steps(self) -> int:
+    return self.trunc_length
 
-  def estimate(self, theta, state: UnrollState, key):
+  def step_weights(self) -> jax.Array:
+    return _step_weights(self.loss_type, self.trunc_length)
+
+  def plan(self, theta, state: UnrollState, key) -> Plan:
     key, k_begin = jax.random.split(key)
     state = _begin(self.unroller, theta, state, k_begin)
+    return Plan(theta, _index(state.pair, 0), key, state)
 
-    def objective(th):
-      final, out = self.unroller.unroll(th, _index(state.pair, 0), key, self.trunc_length,
-                                        remat=True)
-      return jnp.sum(w * out.meta_loss), (final, out)
-
-    w = _step_weights(self.loss_type, self.trunc_length)
-    grad, (final, out) = jax.grad(objective, has_aux=True)(theta)
-    return grad, UnrollState(_both(final), state.accum), _metrics(out)
-
-  def estimate_population(self, theta, states: UnrollState, keys):
-    """`vmap(estimate)` over a population: per-problem gradients through one
-    `scan_vmapped` (theta broadcast to [P], so each problem's gradient is its own)."""
-    keys, k_begin = jnp.swapaxes(jax.vmap(jax.random.split)(keys), 0, 1)
-    states = jax.vmap(_begin, in_axes=(None, None, 0, 0))(self.unroller, theta, states,
-                                                          k_begin)
-    n = keys.shape[0]
-    thetas = jax.tree.map(lambda x: jnp.broadcast_to(x, (n,) + jnp.shape(x)), theta)
-
-    def objective(ths):
-      pos = jax.tree.map(lambda x: x[:, 0], states.pair)
-      final, out = scan_vmapped(self.unroller, ths, pos, keys, self.trunc_length,
-                                pair=False, remat=True)
-      return jnp.sum(out.meta_loss * w), (final, out)
-
-    w = _step_weights(self.loss_type, self.trunc_length)
-
-    grads, (final, out) = jax.grad(objective, has_aux=True)(thetas)
-    return grads, UnrollState(jax.vmap(_both)(final), states.accum), jax.vmap(_metrics)(out)
+  def finish(self, plan: Plan, final: InnerState, out: Any, grad: Any = None):
+    return grad, UnrollState(_both(final), plan.state.accum), _metrics(out)
 
 
 @dataclasses.dataclass(frozen=True)
 class Multi:
-  """A weighted average of estimators; the state is the tuple of their states."""
+  """A weighted average of estimators; the state is the tuple of their states. The driver
+  expands it into its members (their unrolls join the population's scans)."""
   estimators: tuple
   weights: tuple | None = None
 
-  def _w(self):
+  def _w(self) -> list[float]:
     w = self.weights or (1.0,) * len(self.estimators)
     total = float(sum(w))
     return [x / total for x in w]
@@ -507,11 +517,16 @@ class Multi:
     keys = jax.random.split(key, len(self.estimators))
     return tuple(e.init(theta, k) for e, k in zip(self.estimators, keys))
 
-  def estimate(self, theta, state: tuple, key):
-    keys = jax.random.split(key, len(self.estimators))
+  def estimate(self, theta: Any, state: tuple, key: jax.Array):
+    return _unbatch(estimate_per_task([self], theta, [_batch(state)], [key[None]])[0])
+
+  def estimate_population(self, theta: Any, states: tuple, keys: jax.Array):
+    return estimate_per_task([self], theta, [states], [keys])[0]
+
+  def combine(self, results: Sequence[tuple]) -> tuple:
+    """The members' per-task results -> Multi's (weighted gradient, states, metrics)."""
     grad, states, metrics = None, [], {}
-    for i, (e, s, k, w) in enumerate(zip(self.estimators, state, keys, self._w())):
-      g, s, m = e.estimate(theta, s, k)
+    for i, ((g, s, m), w) in enumerate(zip(results, self._w())):
       g = _scale(g, jnp.asarray(w, jnp.float32))
       grad = g if grad is None else _add(grad, g)
       states.append(s)
@@ -519,28 +534,60 @@ class Multi:
     metrics["meta_loss"] = sum(w * metrics[f"{i}/meta_loss"] for i, w in enumerate(self._w()))
     return grad, tuple(states), metrics
 
-  def estimate_population(self, theta, states: tuple, keys):
-    """`vmap(estimate)` over a population, each estimator through its own population path."""
-    ks = jax.vmap(lambda k: jax.random.split(k, len(self.estimators)))(keys)
-    grad, new, metrics = None, [], {}
-    for i, (e, s, w) in enumerate(zip(self.estimators, states, self._w())):
-      g, s, m = _estimate_population(e, theta, s, ks[:, i])
-      g = _scale(g, jnp.asarray(w, jnp.float32))
-      grad = g if grad is None else _add(grad, g)
-      new.append(s)
-      metrics.update({f"{i}/{n}": v for n, v in m.items()})
-    metrics["meta_loss"] = sum(w * metrics[f"{i}/meta_loss"] for i, w in enumerate(self._w()))
-    return grad, tuple(new), metrics
 
-
-for _cls, _meta in ((PES, ["trunc_length", "std", "clip_delta", "sign_delta", "loss_type"]),
-                    (TruncatedES, ["trunc_length", "std", "clip_delta", "sign_delta",
-                                   "loss_type"]),
-                    (FullES, ["unroll_length", "std", "loss_type", "recompute_samples",
-                              "clip_delta", "sign_delta"]),
-                    (TBPTT, ["trunc_length", "loss_type"])):
-  jax.tree_util.register_dataclass(_cls, data_fields=["unroller"], meta_fields=_meta)
 jax.tree_util.register_dataclass(Multi, data_fields=["estimators"], meta_fields=["weights"])
+
+
+def _expand(estimators: Sequence[Any], states: Sequence[Any], keys: Sequence[jax.Array]):
+  """Flattens `Multi`s into their members: `(leaves, rebuild)`, where `leaves` are
+  `(estimator, states, keys)` and `rebuild(results)` folds the members' results back."""
+  leaves, builders = [], []
+  for est, st, ks in zip(estimators, states, keys):
+    if isinstance(est, Multi):
+      member_keys = jax.vmap(lambda k: jax.random.split(k, len(est.estimators)))(ks)
+      sub, sub_build = _expand(est.estimators, st,
+                               [member_keys[:, i] for i in range(len(est.estimators))])
+      start = len(leaves)
+      leaves += sub
+      builders.append(lambda r, start=start, n=len(sub), est=est, sub_build=sub_build:
+                      est.combine(sub_build(r[start:start + n])))
+    else:
+      builders.append(lambda r, i=len(leaves): r[i])
+      leaves.append((est, st, ks))
+  return leaves, lambda results: [b(results) for b in builders]
+
+
+def estimate_per_task(estimators: Sequence[Any], theta: Any, states: Sequence[Any],
+                      keys: Sequence[jax.Array]) -> list[tuple[Any, Any, dict]]:
+  """The driver: per-problem (unaveraged) `(meta_grads, states, metrics)` of each
+  estimator's population (leading axis [P]; `keys` are per-problem keys [P]).
+
+  Estimators with equal `unroll_key()` unroll in ONE `scan_population`; backprop ones are
+  differentiated through it with respect to their per-problem copies of theta.
+  """
+  leaves, rebuild = _expand(estimators, states, keys)
+  plans = [jax.vmap(e.plan, in_axes=(None, 0, 0))(theta, s, k) for e, s, k in leaves]
+  groups: dict[tuple, list[int]] = {}
+  for i, (e, _, _) in enumerate(leaves):
+    groups.setdefault(e.unroll_key(), []).append(i)
+  results: list[Any] = [None] * len(leaves)
+  for (num_steps, pair, backprop), idx in groups.items():
+    ests = [leaves[i][0] for i in idx]
+    unroll = lambda thetas: scan_population(
+        [e.unroller for e in ests], thetas, [plans[i].starts for i in idx],
+        [plans[i].key for i in idx], num_steps, pair=pair, remat=backprop)
+    thetas = [plans[i].thetas for i in idx]
+    if backprop:
+      def objective(ths):
+        outs = unroll(ths)
+        total = sum(jnp.sum(o.meta_loss * e.step_weights()) for e, (_, o) in zip(ests, outs))
+        return total, outs
+      grads, outs = jax.grad(objective, has_aux=True)(thetas)
+    else:
+      grads, outs = [None] * len(idx), unroll(thetas)
+    for i, e, g, (final, out) in zip(idx, ests, grads, outs):
+      results[i] = jax.vmap(e.finish)(plans[i], final, out, g)
+  return rebuild(results)
 
 
 def population_init(estimator, theta: Any, key: jax.Array, num_tasks: int):
@@ -548,16 +595,8 @@ def population_init(estimator, theta: Any, key: jax.Array, num_tasks: int):
   return jax.vmap(estimator.init, in_axes=(None, 0))(theta, jax.random.split(key, num_tasks))
 
 
-def _estimate_population(estimator, theta: Any, states: Any, keys: jax.Array):
-  """Per-problem (unaveraged) estimates: the estimator's own population path (one scan over
-  the vmapped step) where it has one, else `vmap(estimate)`."""
-  if hasattr(estimator, "estimate_population"):
-    return estimator.estimate_population(theta, states, keys)
-  return jax.vmap(estimator.estimate, in_axes=(None, 0, 0))(theta, states, keys)
-
-
 def population_estimate(estimator, theta: Any, states: Any, key: jax.Array):
-  """Vmaps `estimate` over the population and averages the finite per-task estimates.
+  """The driver over one population, averaging the finite per-task estimates.
 
   Returns `(meta_grad, states, metrics)`; `metrics["nonfinite_tasks"]` counts the tasks
   whose estimate had a NaN/inf (left out of the mean; if all are, the mean is NaN and the
@@ -568,26 +607,13 @@ def population_estimate(estimator, theta: Any, states: Any, key: jax.Array):
 
 def population_estimates(estimators: Sequence[Any], theta: Any, states: Sequence[Any],
                          keys: Sequence[jax.Array]) -> list[tuple[Any, Any, dict]]:
-  """`population_estimate` of several populations (one per estimator), where estimators
-  with equal `unroll_spec()` run their unrolls in ONE `scan_population` (one loop; the
-  learned-optimizer update of same-shaped families batched and compiled once). Same
-  results as calling `population_estimate` on each."""
+  """`population_estimate` of several populations (one per estimator) in one driver call:
+  estimators with equal `unroll_key()` unroll in ONE scan (the learned-optimizer update of
+  same-shaped families batched and compiled once). Same results as separate calls."""
   task_keys = [jax.random.split(k, jax.tree.leaves(s)[0].shape[0])
                for k, s in zip(keys, states)]
-  per_task: list[Any] = [None] * len(estimators)
-  groups: dict[tuple, list[int]] = {}
-  for i, e in enumerate(estimators):
-    if hasattr(e, "unroll_spec"):
-      groups.setdefault(e.unroll_spec(), []).append(i)
-    else:
-      per_task[i] = _estimate_population(e, theta, states[i], task_keys[i])
-  for (num_steps, pair), idx in groups.items():
-    carries = {i: estimators[i].begin_population(theta, states[i], task_keys[i]) for i in idx}
-    results = scan_population([estimators[i].unroller for i in idx],
-                              *zip(*[carries[i][1] for i in idx]), num_steps, pair=pair)
-    for i, r in zip(idx, results):
-      per_task[i] = estimators[i].end_population(carries[i], r)
-  return [_population_mean(*r) for r in per_task]
+  return [_population_mean(*r) for r in estimate_per_task(estimators, theta, states,
+                                                          task_keys)]
 
 
 def _population_mean(grads: Any, states: Any, metrics: dict):
