@@ -56,10 +56,8 @@ def make_params(size: str, key=jax.random.PRNGKey(0)) -> dict:
 def make_opt(name: str, num_steps: int = 1000) -> optax.GradientTransformationExtraArgs:
   if name == "adam":
     return optax.adam(1e-3)
-  from lopt.learned_opts._adafac import AdafacMLP
-  from lopt.learned_opts._celo import Celo, CeloAdam
-  from lopt.learned_opts._velo import VeLO
-  lopt = {"adafac_mlp": AdafacMLP(), "celo": Celo(), "celo_adam": CeloAdam(), "velo": VeLO()}[name]
+  from lopt.learned_opts import registry
+  lopt = registry.get(name)   # default hparams: VeLO full size (LSTM 512, 256 MLPs)
   theta = jax.jit(lopt.init_meta)(jax.random.PRNGKey(0))
   return lopt.make(theta, num_steps=num_steps)
 

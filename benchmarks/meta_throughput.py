@@ -88,7 +88,7 @@ def main():
                  "does): run twice to see the warm start of a rerun or resume")
   args = p.parse_args()
   if args.compile_cache:
-    from lopt.meta._experiment import enable_compile_cache
+    from lopt.meta import enable_compile_cache
     enable_compile_cache(args.compile_cache)
   from lopt.tasks import FAST_MLP_FAMILIES
   families = list(FAST_MLP_FAMILIES)

@@ -34,12 +34,11 @@ def _availability(info, data_dir) -> str:
   if datasets.is_prepared(info.name, data_dir=data_dir):
     return "prepared"
   if info.name == "fashion_mnist":
-    from lopt.tasks.datasets._builders import check_fashion_mnist_dir, fashion_mnist_dir
     try:
-      check_fashion_mnist_dir()
-      return f"offline (files in {fashion_mnist_dir()})"
+      datasets.check_fashion_mnist_dir()
+      return f"offline (files in {datasets.fashion_mnist_dir()})"
     except datasets.DatasetUnavailableError:
-      return f"needs IDX files (none in {fashion_mnist_dir()})"
+      return f"needs IDX files (none in {datasets.fashion_mnist_dir()})"
   if info.offline:
     return "offline (embedded)"
   return "needs internet + TF"

@@ -46,14 +46,14 @@ def register(subparsers) -> None:
 def _main(args: argparse.Namespace) -> int:
   from lopt.cli import UsageError
   from lopt.meta import distributed
-  from lopt.meta._config import ConfigError, apply_overrides, load_config
+  from lopt.meta import ConfigError, apply_overrides, load_config
   try:
     cfg = apply_overrides(load_config(args.config), args.overrides)
   except ConfigError as e:
     raise UsageError(str(e)) from None
   if args.distributed:
     distributed.initialize(args.coordinator, args.num_processes, args.process_id)
-  from lopt.meta._experiment import enable_compile_cache, meta_train
+  from lopt.meta import enable_compile_cache, meta_train
   if not args.no_compile_cache:
     enable_compile_cache()
   try:
@@ -69,7 +69,7 @@ def _main(args: argparse.Namespace) -> int:
 def _select(args: argparse.Namespace) -> int:
   from lopt.cli import UsageError
   from lopt.meta import selection
-  from lopt.meta._config import ConfigError, load_config
+  from lopt.meta import ConfigError, load_config
   try:
     cfg = load_config(args.config)
   except ConfigError as e:

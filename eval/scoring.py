@@ -1,7 +1,7 @@
 """AlgoPerf scoring (v0.5 rules): study times -> workload times -> profiles -> scores.
 
 Pure numpy and the standard library (no JAX, no pandas). The rules, in the official
-code's order (see `docs/readme/eval.md`):
+code's order (see `docs/benchmarking_reference.md`):
 
 1-2. a study's time is its best trial's time-to-target (given per study in the input);
 3.   a workload's time is the median over studies (`inf` counts; a workload with no

@@ -11,7 +11,7 @@
     theta = lo.load_theta("theta.state")          # VeLO / Celo msgpack, or our orbax dirs
 
 Architectures (`lo.REGISTRY`): adafac_mlp, mlp, rnn_mlp, velo, celo, celo_adam,
-learnable_adam, learnable_sgdm. See docs/readme/learned_opts.md.
+learnable_adam, learnable_sgdm. See docs/learned_optimizers.md.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Meta-training: truncated unrolls of task populations, gradient estimators, the outer loop.
 
-See docs/readme/meta.md.
+See docs/meta_training.md.
 """
 
 from lopt.meta._estimators import Estimator
@@ -27,7 +27,9 @@ from lopt.meta._train import MetricsWriter
 from lopt.meta._train import outer_optimizer
 from lopt.meta._train import run
 from lopt.meta._checkpoint import Checkpointer
-from lopt.meta._experiment import export_small, export_theta, meta_train, stopping_point
+from lopt.meta._config import ConfigError, apply_overrides, build_trainer, load_config
+from lopt.meta._experiment import (enable_compile_cache, export_small, export_theta, meta_train,
+                                   stopping_point)
 from lopt.meta._unroll import meta_loss_mix
 from lopt.meta import distributed
 from lopt.meta import testing
@@ -65,4 +67,9 @@ __all__ = [
     "export_theta",
     "export_small",
     "stopping_point",
+    "enable_compile_cache",
+    "ConfigError",
+    "apply_overrides",
+    "build_trainer",
+    "load_config",
 ]

@@ -8,7 +8,7 @@ Example:
   >>> loss, aux = jax.jit(lambda t, p, k: t.loss(p, k, t.sample_batch(k)))(
   ...     task, params, jax.random.PRNGKey(1))
 
-See `docs/readme/tasks.md` for the suite, module names and conventions.
+See `docs/tasks.md` for the suite, module names and conventions.
 """
 
 from lopt.tasks import augment

@@ -6,7 +6,7 @@ architecture description into a static `NeuralGraph`, cached per (arch, shapes).
 `NeuralGraph` / `NeuralGraphGPT` of SamsungSAILMontreal/nino exactly, so its Laplacian
 encodings and predictions can be compared node for node.
 
-Layout rules (see docs/readme/nino_model.md):
+Layout rules (see docs/nowcasting.md):
 * neurons come in *groups* (a layer's inputs or outputs); every group is preceded by the
   auxiliary nodes of the 1-D parameters acting on it (bias, norm scale/offset), in order;
 * a weight `w[in, out]` (haiku layout) gives edges `i -> o`, enumerated `i * n_out + o`;

@@ -20,6 +20,7 @@ Example:
 """
 
 from lopt.tasks.datasets._batching import sample_batch, sample_windows
+from lopt.tasks.datasets._builders import check_fashion_mnist_dir, fashion_mnist_dir
 from lopt.tasks.datasets._image import resize_images
 from lopt.tasks.datasets._info import (
     DATASETS,
@@ -42,6 +43,8 @@ from lopt.tasks.datasets._load import (
 )
 
 __all__ = [
+    "check_fashion_mnist_dir",
+    "fashion_mnist_dir",
     "DATASETS",
     "OFFLINE",
     "SPLITS",

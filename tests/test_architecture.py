@@ -1,0 +1,90 @@
+"""The dependency graph of docs/design.md, enforced: every import of the package (module top
+and inside functions) follows a declared arrow, and no part imports another part's private
+module or name."""
+
+import ast
+import pathlib
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+# part -> the parts it may import (docs/design.md, "Allowed arrows").
+ALLOWED = {
+    "tasks": set(),
+    "learned_opts": set(),
+    "optimizers": {"learned_opts"},
+    "training": {"tasks"},
+    "meta": {"tasks", "learned_opts", "optimizers", "training"},
+    "eval": {"tasks", "learned_opts", "optimizers", "training"},
+    "analysis": {"tasks", "learned_opts", "optimizers", "training", "eval"},
+    "configs": {"tasks"},
+    "cli": {"tasks", "learned_opts", "optimizers", "training", "meta", "eval", "analysis",
+            "configs", "benchmarks"},
+    "benchmarks": {"tasks", "learned_opts", "optimizers", "training", "meta", "eval",
+                   "analysis", "configs"},
+}
+PURE_NUMPY = ("eval/metrics.py", "eval/scoring.py")
+
+
+def _modules():
+  for part in ALLOWED:
+    for path in sorted((ROOT / part).rglob("*.py")):
+      yield part, path
+
+
+def _imports(tree: ast.AST):
+  """`(lineno, module path parts, imported name or None)` of every lopt import."""
+  for node in ast.walk(tree):
+    if isinstance(node, ast.Import):
+      for a in node.names:
+        if a.name.split(".")[0] == "lopt":
+          yield node.lineno, a.name.split(".")[1:], None
+    elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+      parts = node.module.split(".")
+      if parts[0] != "lopt":
+        continue
+      for a in node.names:
+        if len(parts) == 1:
+          yield node.lineno, [a.name], None
+        else:
+          yield node.lineno, parts[1:], a.name
+
+
+def _violations():
+  out = []
+  for part, path in _modules():
+    rel = path.relative_to(ROOT)
+    for line, mod, name in _imports(ast.parse(path.read_text())):
+      if not mod or mod[0] == part:
+        continue
+      target = mod[0]
+      where = f"{rel}:{line}: lopt.{'.'.join(mod)}" + (f" import {name}" if name else "")
+      if target not in ALLOWED.get(part, set()) and target in ALLOWED:
+        out.append(f"{where} ({part} -> {target} is not a declared arrow)")
+      private = [m for m in mod[1:] if m.startswith("_") and not m.startswith("__")]
+      if private or (name and name.startswith("_") and not name.startswith("__")):
+        out.append(f"{where} (another part's private module or name)")
+  return out
+
+
+def test_every_import_follows_a_declared_arrow():
+  bad = _violations()
+  assert not bad, "undeclared arrows or private imports:\n" + "\n".join(bad)
+
+
+@pytest.mark.parametrize("rel", PURE_NUMPY)
+def test_metrics_and_scoring_import_no_jax(rel):
+  tree = ast.parse((ROOT / rel).read_text())
+  names = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import)
+           for a in n.names}
+  names |= {n.module.split(".")[0] for n in ast.walk(tree)
+            if isinstance(n, ast.ImportFrom) and n.module}
+  assert not names & {"jax", "jaxlib", "haiku", "optax"}, rel
+
+
+def test_the_checker_sees_inner_imports(tmp_path):
+  src = "def f():\n  from lopt.meta._config import load_config\n  import lopt.eval\n"
+  found = list(_imports(ast.parse(src)))
+  assert [(m, n) for _, m, n in found] == [(["meta", "_config"], "load_config"),
+                                           (["eval"], None)]
