@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import pathlib
 
 
@@ -39,6 +40,9 @@ def register(subparsers) -> None:
   q.add_argument("--candidate", action="append", required=True, metavar="NAME=SOURCE",
                  help="a candidate: NAME=theta directory or pretrained name (repeatable)")
   q.add_argument("--seeds", type=int, default=2)
+  q.add_argument("--reference", default=None, metavar="SELECTION_JSON",
+                 help="reuse the tuned-Adam reference of an earlier selection.json (same "
+                      "config and seeds) instead of re-running Adam")
   q.add_argument("--out", required=True, help="output folder")
   q.set_defaults(func=_select)
 
@@ -90,7 +94,20 @@ def _select(args: argparse.Namespace) -> int:
     except (FileNotFoundError, KeyError, ValueError) as e:
       raise UsageError(str(e)) from None
   tasks = selection.meta_valid_tasks(specs)
-  result = selection.select(candidates, tasks, seeds=args.seeds, out=args.out)
+  reference = None
+  if args.reference:
+    try:
+      earlier = json.loads(pathlib.Path(args.reference).read_text())
+    except (OSError, ValueError) as e:
+      raise UsageError(f"--reference {args.reference}: {e}") from None
+    names = [n for n, _, _ in tasks]
+    if earlier.get("tasks") != names or earlier.get("seeds") != args.seeds:
+      raise UsageError(f"--reference {args.reference} was measured on other tasks or seeds; "
+                       "drop --reference to re-run tuned Adam")
+    reference = {t: {k: float("inf") if v is None else v for k, v in row.items()}
+                 for t, row in earlier["reference"].items()}   # JSON wrote inf as null
+  result = selection.select(candidates, tasks, seeds=args.seeds, out=args.out,
+                            reference=reference)
   print((pathlib.Path(args.out) / "selection.md").read_text(), end="")
   print(f"chosen: {result['chosen']}")
   return 0
