@@ -134,10 +134,14 @@ def select(candidates: dict[str, MakeTx], tasks: Sequence[tuple[str, Any, int]],
 
 
 def candidate(source: str) -> MakeTx:
-  """`num_steps -> transform` of a theta directory (`save_theta` / `export_theta` output)
-  or a pretrained name (`lopt-fc-v2`, `celo`, ...)."""
+  """`num_steps -> transform` of a theta directory (`save_theta` / `export_theta` output),
+  a pretrained name (`lopt-fc-v2`, `celo`, ...), or `NAME:PATH` (a pretrained name's file
+  at PATH, e.g. `celo-adam:../shared/pretrained/celo/celo_adam_theta.state`)."""
   from lopt.learned_opts import PRETRAINED, load_optimizer, pretrained
-  if pathlib.Path(source).exists():
+  name, _, path = source.partition(":")
+  if path and (name in PRETRAINED or name.replace("_", "-") in PRETRAINED):
+    lopt, theta = pretrained(name, path=path)
+  elif pathlib.Path(source).exists():
     lopt, theta = load_optimizer(source)
   elif source in PRETRAINED or source.replace("_", "-") in PRETRAINED:
     lopt, theta = pretrained(source)
