@@ -18,7 +18,7 @@ from typing import Mapping
 
 import numpy as np
 
-__all__ = ["read_curves", "plot_meta_curves"]
+__all__ = ["read_curves", "plot_meta_curves", "plot_ablation"]
 
 
 def read_curves(runs: Mapping[str, str | pathlib.Path], key: str = "meta_loss"
@@ -55,6 +55,31 @@ def plot_meta_curves(runs: Mapping[str, str | pathlib.Path], out: str | pathlib.
   ax.set_xlabel("outer step")
   ax.set_ylabel(f"{key} (moving average of {window} rows)")
   ax.set_title(title or key)
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  out = pathlib.Path(out)
+  out.parent.mkdir(parents=True, exist_ok=True)
+  fig.savefig(out, dpi=120)
+  plt.close(fig)
+  return out
+
+
+def plot_ablation(arms: Mapping[str, list[tuple[int, float]]], out: str | pathlib.Path, *,
+                  ylabel: str = "meta-validation score (mean log valid-loss ratio to tuned Adam)",
+                  title: str = "ablation at equal compute") -> pathlib.Path:
+  """One line per arm through its `(outer step, score)` points (lower is better)."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  fig, ax = plt.subplots(figsize=(6.4, 3.8))
+  for i, (label, pts) in enumerate(arms.items()):
+    x, y = zip(*sorted(pts))
+    ax.plot(x, y, "o-", color=f"C{i}", label=label)
+  ax.axhline(0.0, color="k", lw=0.8, ls="--", label="tuned Adam")
+  ax.set_xlabel("outer step")
+  ax.set_ylabel(ylabel, fontsize=8)
+  ax.set_title(title)
   ax.grid(alpha=0.3)
   ax.legend(fontsize=8)
   fig.tight_layout()
