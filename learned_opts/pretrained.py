@@ -103,9 +103,19 @@ PRETRAINED: dict[str, CheckpointInfo] = {
         sha256=None, size=None, url=None, licence="Apache-2.0 (lopt)",
         description="lopt-fc-v1 meta-trained 11,750 more outer steps with the same recipe "
                     "(configs/lopt_fc_v2.py): lower training loss, bundled."),
+    "lopt-v3": CheckpointInfo(
+        name="lopt-v3", architecture="celo_adam", hparams={}, filename="", format="orbax",
+        sha256=None, size=None, url=None,
+        licence="MIT (warm start: amoudgl/celo Celo-Adam weights; notice in LICENSE-celo) "
+                "and Apache-2.0 (lopt)",
+        description="Celo-Adam's learned scheduler warm-started from the official weights and "
+                    "meta-trained by lopt for validation loss (outer_valid) on a broad, "
+                    "held-out-disjoint task distribution (configs/lopt_v3.py); needs "
+                    "num_steps. Model card: learned_opts/checkpoints/lopt-v3/MODEL_CARD.md."),
 }
 
-_ALIASES = {"celo_adam": "celo-adam", "lopt_fc_v1": "lopt-fc-v1", "lopt_fc_v2": "lopt-fc-v2"}
+_ALIASES = {"celo_adam": "celo-adam", "lopt_fc_v1": "lopt-fc-v1", "lopt_fc_v2": "lopt-fc-v2",
+            "lopt_v3": "lopt-v3"}
 
 
 def info(name: str) -> CheckpointInfo:
