@@ -4,7 +4,6 @@ import pathlib
 
 import jax
 import jax.numpy as jnp
-import optax
 
 from lopt import learned_opts
 from lopt.eval import _specs  # pylint: disable=protected-access
@@ -43,4 +42,3 @@ def test_model_card_has_what_users_need():
     assert f"## {section}" in text, section
   assert (CARD.parent / "meta_curve.png").stat().st_size > 0
   assert (CARD.parent / "LICENSE-celo").exists()
-  del optax
