@@ -1,0 +1,26 @@
+"""Training-dynamics analyses: seed variance, batch-size scaling, LR-schedule trade-offs,
+trajectory structure (PCA, phase HMM) and optimizer-state memory.
+
+Each analysis is one function returning a JSON-able dict, a `plot_*` and a `*_markdown`;
+`lopt analyze {variance,batch-size,schedules,trajectory}` runs them. Runs that differ only by
+seed or learning rate are vmapped together (`run_many`), reproducing `lopt.training.train`.
+See `docs/analysis.md` for worked examples.
+
+Example:
+  >>> from lopt import analysis
+  >>> from lopt.tasks import QuadraticTask
+  >>> out = analysis.seed_variance(QuadraticTask(dim=4), ["adam"], num_seeds=2, num_steps=10)
+  >>> sorted(out["optimizers"]["adam"]["components"])
+  ['data', 'init', 'interaction', 'total']
+"""
+
+from lopt.analysis._memory import state_bytes, state_memory, tree_bytes
+from lopt.analysis._runs import Runs, run_many
+from lopt.analysis._variance import (min_detectable_difference, plot_variance, seed_variance,
+                                     variance_components, variance_markdown)
+
+__all__ = [
+    "Runs", "run_many", "state_bytes", "state_memory", "tree_bytes",
+    "min_detectable_difference", "plot_variance", "seed_variance", "variance_components",
+    "variance_markdown",
+]
