@@ -14,12 +14,15 @@ Example:
   ['data', 'init', 'interaction', 'total']
 """
 
+from lopt.analysis._batch_size import (batch_size_markdown, batch_size_scaling,
+                                       plot_batch_size, scaling_regions)
 from lopt.analysis._memory import state_bytes, state_memory, tree_bytes
 from lopt.analysis._runs import Runs, run_many
 from lopt.analysis._variance import (min_detectable_difference, plot_variance, seed_variance,
                                      variance_components, variance_markdown)
 
 __all__ = [
+    "batch_size_markdown", "batch_size_scaling", "plot_batch_size", "scaling_regions",
     "Runs", "run_many", "state_bytes", "state_memory", "tree_bytes",
     "min_detectable_difference", "plot_variance", "seed_variance", "variance_components",
     "variance_markdown",

@@ -55,10 +55,11 @@ def lr_swept(spec: str, *, num_steps: int, schedule: Callable[[Any], Any] | None
 
 
 def default_lr_grid(spec: str, num: int) -> list[float]:
-  """`num` log-spaced learning rates from the middle of the tuning grid `LR_GRIDS[spec]`."""
+  """`num` log-spaced learning rates over the upper two decades of `LR_GRIDS[spec]` (where
+  short runs find their best LR)."""
   grid = optimizers.LR_GRIDS.get(spec, optimizers.LR_GRIDS["adam"])
-  lo, hi = math.log10(grid[2]), math.log10(grid[-3])   # drop the extremes of the wide grid
-  return [float(f"{v:.3g}") for v in np.logspace(lo, hi, num)]
+  hi = math.log10(grid[-1])
+  return [float(f"{v:.3g}") for v in np.logspace(hi - 2, hi, num)]
 
 
 def jsonable(x: Any) -> Any:
