@@ -18,12 +18,18 @@ from lopt.analysis._batch_size import (batch_size_markdown, batch_size_scaling,
                                        plot_batch_size, scaling_regions)
 from lopt.analysis._memory import state_bytes, state_memory, tree_bytes
 from lopt.analysis._runs import Runs, run_many
+from lopt.analysis._schedules import (SCHEDULES, plot_schedules, schedule_tradeoffs,
+                                      schedules_markdown, unit_schedule)
+from lopt.analysis._trajectory import (hmm_phases, plot_trajectory, trajectory_markdown,
+                                       trajectory_pca, trajectory_structure)
 from lopt.analysis._variance import (min_detectable_difference, plot_variance, seed_variance,
                                      variance_components, variance_markdown)
 
 __all__ = [
     "batch_size_markdown", "batch_size_scaling", "plot_batch_size", "scaling_regions",
     "Runs", "run_many", "state_bytes", "state_memory", "tree_bytes",
-    "min_detectable_difference", "plot_variance", "seed_variance", "variance_components",
+    "SCHEDULES", "plot_schedules", "schedule_tradeoffs", "schedules_markdown", "unit_schedule",
+    "hmm_phases", "plot_trajectory", "trajectory_markdown", "trajectory_pca",
+    "trajectory_structure", "min_detectable_difference", "plot_variance", "seed_variance", "variance_components",
     "variance_markdown",
 ]

@@ -34,23 +34,22 @@ def fixed(spec: str, *, num_steps: int, **hparams: Any) -> tuple[MakeTx, Optimiz
   return (lambda _: tx), info
 
 
-def lr_swept(spec: str, *, num_steps: int, schedule: Callable[[Any], Any] | None = None,
-             **hparams: Any) -> MakeTx:
-  """`spec` as a `run_many` maker of its learning rate (a traced scalar).
+def lr_swept(spec: str, *, num_steps: int,
+             schedule: Callable[[Any, Any], Any] | None = None, **hparams: Any) -> MakeTx:
+  """`spec` as a `run_many` maker of its learning rate (traced).
 
-  The optimizer is built at learning rate 1 and its updates scaled by `lr` (times
-  `schedule(step)` if given): the same updates, but the LR can be a traced value, so runs at
-  several LRs share one compiled program (`make_optimizer` validates a concrete LR).
+  The optimizer is built at learning rate 1 and its updates scaled by `schedule(hp, step)`
+  (default: `hp`, a constant LR): the same updates, but the LR can be a traced value, so runs
+  at several LRs share one compiled program (`make_optimizer` validates a concrete LR).
   """
   if not takes_learning_rate(spec):
     raise ValueError(f"{spec!r} has no learning rate that scales its update; use one of "
                      f"{', '.join(sorted(set(optimizers.LR_GRIDS) - _NOT_LINEAR_IN_LR))}")
+  schedule = schedule or (lambda hp, step: hp)
 
-  def make(lr):
+  def make(hp):
     unit, _ = make_optimizer(spec, num_steps=num_steps, **{**hparams, "learning_rate": 1.0})
-    scale = (optax.scale(lr) if schedule is None
-             else optax.scale_by_schedule(lambda step: lr * schedule(step)))
-    return optax.chain(unit, scale)
+    return optax.chain(unit, optax.scale_by_schedule(lambda step: schedule(hp, step)))
   return make
 
 
