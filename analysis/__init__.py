@@ -14,6 +14,7 @@ Example:
   ['data', 'init', 'interaction', 'total']
 """
 
+from lopt.analysis._common import takes_learning_rate, write_json
 from lopt.analysis._batch_size import (batch_size_markdown, batch_size_scaling,
                                        plot_batch_size, scaling_regions)
 from lopt.analysis._memory import state_bytes, state_memory, tree_bytes
@@ -26,6 +27,7 @@ from lopt.analysis._variance import (min_detectable_difference, plot_variance, s
                                      variance_components, variance_markdown)
 
 __all__ = [
+    "takes_learning_rate", "write_json",
     "batch_size_markdown", "batch_size_scaling", "plot_batch_size", "scaling_regions",
     "Runs", "run_many", "state_bytes", "state_memory", "tree_bytes",
     "SCHEDULES", "plot_schedules", "schedule_tradeoffs", "schedules_markdown", "unit_schedule",

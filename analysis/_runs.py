@@ -151,7 +151,7 @@ def run_many(task: Task, make_tx: Callable[[Any], optax.GradientTransformation],
     params, opt_state = jax.tree.map(lambda new, old: jnp.where(ok, new, old),
                                      (params, opt_state), (carry.params, carry.opt_state))
     bad_step = jnp.where((carry.bad_step < 0) & ~jnp.isfinite(loss), carry.step, carry.bad_step)
-    logs = (loss, optax.global_norm(grads), optax.global_norm(updates))
+    logs = (loss, optax.tree.norm(grads), optax.tree.norm(updates))
     return _Carry(params, opt_state, carry.step + 1, bad_step), logs
 
   def chunk(task, carry, keys, hps, length):   # vmapped over runs inside

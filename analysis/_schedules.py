@@ -27,6 +27,7 @@ import optax
 
 from lopt.analysis import _common
 from lopt.analysis._runs import run_many
+from lopt.optimizers import BASELINES
 from lopt.tasks.base import Task
 
 SCHEDULES = ("constant", "cosine", "wsd", "cyclic")
@@ -84,6 +85,10 @@ def schedule_tradeoffs(task: Task, optimizers: Sequence[str] = ("adam",), *,
   """
   for k in schedules:
     unit_schedule(k, 8)   # fails early on unknown names
+  for name in optimizers:
+    if name in BASELINES and BASELINES[name].needs_num_steps:
+      raise ValueError(f"{name!r} already has its own LR schedule; sweep schedules with a "
+                       "constant-LR optimizer such as adam or sgd_nesterov")
   budgets = sorted({int(b) for b in (budgets or [max(1, num_steps // d) for d in (8, 4, 2, 1)])})
   out = {}
   for name in optimizers:
