@@ -210,6 +210,7 @@ def batch_size_markdown(result: dict, image: str | None = None) -> str:
     lines += [f"![batch-size scaling]({image})", ""]
   lines += ["| optimizer | " + " | ".join(str(b) for b in result["batch_sizes"]) + " |",
             "|---|" + "---|" * len(result["batch_sizes"])]
+  notes = []
   for name, o in result["optimizers"].items():
     by_b = {r["batch_size"]: r for r in o["rows"]}
     cells = []
@@ -219,10 +220,9 @@ def batch_size_markdown(result: dict, image: str | None = None) -> str:
       cells.append(f"{f(r['steps'])}{lr} ({region})")
     lines.append(f"| {name} | " + " | ".join(cells) + " |")
     reg = o["regions"]
-    lines.append("")
-    lines.append(f"- {name}: perfect scaling up to batch {reg['perfect_until']}, maximal "
-                 f"useful batch {reg['max_useful']}.")
-    lines.append("")
+    notes.append(f"- {name}: perfect scaling up to batch {reg['perfect_until'] or '-'}, "
+                 f"maximal useful batch {reg['max_useful']}.")
+  lines += ["", *notes, ""]
   lines.append("Cells: steps to target @ tuned LR (region). Regions as in Shallue et al. 2019: "
                f"perfect (log-log slope <= {-PERFECT}), diminishing, maximal (within "
                f"{int(PLATEAU * 100)}% of the fewest steps).")
