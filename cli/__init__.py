@@ -20,6 +20,7 @@ SUBCOMMANDS = (
     "lopt.cli.benchmark",   # lopt benchmark [score]
     "lopt.cli.meta",        # lopt meta-train
     "lopt.cli.nowcast",     # lopt nowcast record|fit
+    "lopt.cli.analyze",     # lopt analyze variance|batch-size|schedules|trajectory
 )
 
 

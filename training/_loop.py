@@ -183,7 +183,8 @@ def _plan(length: int, block: int | None, schedule: tuple[int, int] | None
 
 
 def train(task: Task, optimizer: optax.GradientTransformation, num_steps: int, *,
-          seed: int = 0, eval_every: int | None = None, eval_split: str = "valid",
+          seed: int = 0, data_seed: int | None = None, eval_every: int | None = None,
+          eval_split: str = "valid",
           eval_batches: int = 8, out_dir: str | os.PathLike | None = None,
           checkpoint_every: int | None = None, progress: bool = True,
           eval_params: Callable[[Any, Any], Any] | None = None,
@@ -197,6 +198,9 @@ def train(task: Task, optimizer: optax.GradientTransformation, num_steps: int, *
       and always receives the current loss as `loss=` (learned optimizers need it).
     num_steps: number of optimizer steps.
     seed: seeds the parameter init and every batch.
+    data_seed: if given, seeds the batches (data order) and sampled eval batches instead of
+      `seed`, so init and data order can vary independently; `data_seed=seed` is the same run
+      as leaving it out.
     eval_every: steps between evaluations on `eval_split` (default: ~20 evals per run).
       Steps run in jitted chunks of this length.
     eval_split: the split to evaluate on ("valid" or "test").
@@ -232,6 +236,8 @@ def train(task: Task, optimizer: optax.GradientTransformation, num_steps: int, *
   optimizer = optax.with_extra_args_support(optimizer)
   key = jax.random.PRNGKey(seed)
   init_key, data_key, eval_key = jax.random.split(key, 3)
+  if data_seed is not None:
+    _, data_key, eval_key = jax.random.split(jax.random.PRNGKey(data_seed), 3)
   if params is None:
     params = task.init(init_key)
   opt_state = optimizer.init(params)
@@ -249,8 +255,11 @@ def train(task: Task, optimizer: optax.GradientTransformation, num_steps: int, *
   start_eval = 0
   if out_dir is not None:
     run = _run_dir.RunDir(out_dir, checkpoint_every=checkpoint_every, eval_every=eval_every)
-    run.check_config({"task": task.name, "num_steps": int(num_steps), "seed": int(seed),
-                      "eval_every": eval_every, "eval_split": eval_split, **(run_info or {})})
+    config = {"task": task.name, "num_steps": int(num_steps), "seed": int(seed),
+              "eval_every": eval_every, "eval_split": eval_split, **(run_info or {})}
+    if data_seed is not None:  # only then, so existing run dirs still match
+      config["data_seed"] = int(data_seed)
+    run.check_config(config)
     restored = run.restore(carry, history)
     if restored is not None:
       carry, history, start_eval = restored
