@@ -102,7 +102,11 @@ def load_path(path: str) -> tuple[Any, ...]:
   fn = getattr(mod, func, None)
   if not callable(fn):
     raise TaskResolutionError(f"{path!r}: {module!r} has no function {func!r}")
-  out = fn()
+  try:
+    out = fn()
+  except TypeError as e:
+    raise TaskResolutionError(f"{path!r}: calling {func}() failed ({e}); the function must "
+                              "take no arguments") from None
   items = tuple(out) if isinstance(out, (list, tuple)) else (out,)
   bad = [_short(x) for x in items if not (_is_task(x) or _is_spec(x))]
   if bad or not items:
