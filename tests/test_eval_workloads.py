@@ -58,6 +58,7 @@ def test_user_task_object_spec_and_path(tmp_path):
     E.suite_tasks("demo", ["user_tasks:not_a_task"])
 
 
+@pytest.mark.slow  # ~25 s: two spawned worker processes import JAX
 def test_user_tasks_by_path_in_workers(tmp_path):
   """Workers re-import `module:function` (the parent's sys.path travels with spawn)."""
   res = E.run_benchmark(tasks=["user_tasks:make_two"], optimizers="adam-tuned",
@@ -215,3 +216,23 @@ def test_groups_split_by_what_changes_the_program():
           _jobs.make_job(optimizer="adam+nino", seed=0, **base)]
   sizes = sorted(len(g) for g in _vectorised.groups(jobs))
   assert sizes == [1, 1, 1, 2]  # adam LR grid together; nadamw's Halton points apart
+
+
+def test_shipped_references_skip_the_reference_grid(tmp_path, monkeypatch):
+  """Tuned-Adam results ship for the demo tasks at the default protocol: benchmarking there
+  runs no reference trial; `retune` ignores them."""
+  from lopt.eval import _tuning, reference
+  assert len(reference.available()) == 3
+  calls = _count_runs(monkeypatch)
+  res = E.run_benchmark(tasks=["digits-mlp-32"], optimizers="adam-tuned", seeds=1,
+                        out=tmp_path / "a", tuning_dir=tmp_path / "tune", progress=False,
+                        plots=False, compile_cache=False)
+  assert calls == [("digits-mlp-32", "adam-tuned", 0)]
+  assert res["tuning"]["digits-mlp-32|adam-tuned"]["complete"]
+  assert "digits-mlp-32" in res["envelopes"]
+  e = E.suite_tasks("demo", ["digits-mlp-32"])[0]
+  p = _tuning.plan(E.parse_spec("adam-tuned"), e, tuning_dir=tmp_path / "x", horizon=2000)
+  assert reference.install(p)
+  p = _tuning.plan(E.parse_spec("adam-tuned"), e, tuning_dir=tmp_path / "x", horizon=2000,
+                   num_seeds=2)  # another protocol: another hash, nothing shipped
+  assert not reference.install(p)
