@@ -81,7 +81,8 @@ def make_job(*, task: str, num_steps: int, optimizer: str, label: str, seed: int
 # schedules included): `make(lr) == scale(lr) o make(1)`. Their learning rate is kept as
 # optimizer state (data), so every learning rate of a grid and every seed runs the same
 # compiled program, and the persistent compilation cache compiles it once per task.
-LINEAR_IN_LR = ("adam", "adamw", "nadamw", "sgd_nesterov", "lion", "rmsprop", "shampoo")
+LINEAR_IN_LR = ("adam", "adamw", "nadamw", "sgd_nesterov", "lion", "rmsprop", "shampoo",
+                "muon")
 
 
 class LearningRateState(NamedTuple):

@@ -114,3 +114,21 @@ def test_muon_uses_adam_for_non_matrix_parameters():
   # the matrix update is orthogonalised: its singular values are all about equal
   sv = np.linalg.svd(np.asarray(updates["w"]), compute_uv=False)
   assert sv[0] > 0 and sv[-1] / sv[0] > 0.3
+
+
+@pytest.mark.parametrize("name", ["muon", "shampoo"])
+def test_learning_rate_as_state_matches_registry(name):
+  """Both are linear in the learning rate, so a whole LR grid shares one vmapped program."""
+  from lopt import training
+  from lopt.eval import _jobs
+  assert name in _jobs.LINEAR_IN_LR
+  params = {"w": jax.random.normal(jax.random.PRNGKey(0), (5, 4)), "b": jnp.ones(4)}
+  a, _ = training.make_optimizer(name, learning_rate=3e-2)
+  b, _ = _jobs.make_optimizer(name, num_steps=10, learning_rate=3e-2)
+  sa, sb = a.init(params), b.init(params)
+  for t in range(4):
+    g = jax.tree.map(lambda x: jnp.sin((t + 1) * x), params)
+    ua, sa = a.update(g, sa, params)
+    ub, sb = b.update(g, sb, params)
+    for x, y in zip(jax.tree.leaves(ua), jax.tree.leaves(ub)):
+      np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-7)
