@@ -377,10 +377,8 @@ def rescore(out: str | os.PathLike, *, report: bool = True, plots: bool = True) 
     raise BenchmarkError(f"{out} has no config.json: not a benchmark folder")
   config = _jobs.read_json(cfg_file)
   entries = [TaskEntry(**t) for t in config["tasks"]]
-  for e in entries:
-    if not e.fingerprint:
-      raise BenchmarkError(f"{out} was written by an older lopt (no task fingerprints); "
-                           "rerun the benchmark into a new folder")
+  # Folders written before task fingerprints: read their tuning cache by the old layout.
+  legacy = "training_version" not in config
   specs = [OptimizerSpec(name=o["name"], tuning=o["tuning"],
                          hparams=tuple(sorted(o["hparams"].items())), checkpoint=o["checkpoint"],
                          label=o["label"], trials=o["trials"]) for o in config["optimizers"]]
@@ -389,7 +387,7 @@ def rescore(out: str | os.PathLike, *, report: bool = True, plots: bool = True) 
     for s in specs:
       if s.tuning:
         factor = config.get("envelope_factor", 1)
-        p = _tuning.plan(s, e, tuning_dir=config["tuning_dir"],
+        p = _tuning.plan(s, e, tuning_dir=config["tuning_dir"], legacy=legacy,
                          num_seeds=config["tune_seeds"], eval_every=config["eval_every"],
                          lr_grid=config.get("lr_grid"),
                          horizon=factor * e.num_steps if s.label == config["reference"]

@@ -92,7 +92,8 @@ def search_trials(spec: OptimizerSpec, lr_grid: Sequence[float] | None = None
 
 def plan(spec: OptimizerSpec, task: str | _tasks.TaskEntry, num_steps: int | None = None, *,
          tuning_dir: str | os.PathLike, num_seeds: int = 1, eval_every: int | None = None,
-         lr_grid: Sequence[float] | None = None, horizon: int | None = None) -> TuningPlan:
+         lr_grid: Sequence[float] | None = None, horizon: int | None = None,
+         legacy: bool = False) -> TuningPlan:
   """Lays out the tuning trials of `spec` on `task` (nothing runs).
 
   Args:
@@ -104,10 +105,15 @@ def plan(spec: OptimizerSpec, task: str | _tasks.TaskEntry, num_steps: int | Non
       validation loss at the budget: without a schedule, the first `num_steps` steps of a
       longer run are exactly the budget-length run (same per-step keys). Only for specs
       whose optimizer does not use `num_steps`.
+    legacy: the folder layout of benchmarks written before task fingerprints (keyed by the
+      task name only); for re-reading their results (`rescore`, `pool`), never for tuning.
   """
   from lopt import optimizers
   entry = task if isinstance(task, _tasks.TaskEntry) else _tasks.resolve(
-      [task], num_steps=num_steps)[0]
+      [task], num_steps=num_steps, fingerprints=not legacy)[0]
+  if legacy:
+    return _legacy_plan(spec, entry, tuning_dir=tuning_dir, num_seeds=num_seeds,
+                        eval_every=eval_every, lr_grid=lr_grid, horizon=horizon)
   if not entry.fingerprint:
     entry = dataclasses.replace(entry, fingerprint=_tasks.fingerprint(
         _tasks.build(entry.ref or entry.name, entry.name), entry.num_steps))
@@ -131,6 +137,26 @@ def plan(spec: OptimizerSpec, task: str | _tasks.TaskEntry, num_steps: int | Non
             / f"{spec.name}-{spec.tuning}-{digest.hexdigest()[:10]}")
   jobs = [_jobs.make_job(task=entry.name, task_ref=entry.ref, fingerprint=entry.fingerprint,
                          num_steps=run_steps, optimizer=spec.name,
+                         label=f"{spec.label}#trial{i}", seed=s, hparams=hp,
+                         eval_every=eval_every, out=folder / f"trial_{i:02d}_seed_{s}.json")
+          for i, hp in enumerate(trials) for s in seeds]
+  return TuningPlan(spec, entry.name, num_steps, trials, seeds, folder, jobs, key)
+
+
+def _legacy_plan(spec, entry, *, tuning_dir, num_seeds, eval_every, lr_grid, horizon):
+  trials = search_trials(spec, lr_grid)
+  seeds = [TUNE_SEED_OFFSET + k for k in range(num_seeds)]
+  num_steps = run_steps = entry.num_steps
+  key = {"name": spec.name, "rule": spec.tuning, "trials": trials, "num_steps": num_steps,
+         "seeds": seeds, "eval_every": eval_every}
+  if horizon and horizon > num_steps:
+    run_steps = int(horizon)
+    eval_every = eval_every or max(1, math.ceil(num_steps / 20))
+    key.update(horizon=run_steps, eval_every=eval_every)
+  digest = hashlib.sha256(json.dumps(_jobs.to_jsonable(key), sort_keys=True).encode())
+  folder = (pathlib.Path(tuning_dir) / entry.name
+            / f"{spec.name}-{spec.tuning}-{digest.hexdigest()[:10]}")
+  jobs = [_jobs.make_job(task=entry.name, num_steps=run_steps, optimizer=spec.name,
                          label=f"{spec.label}#trial{i}", seed=s, hparams=hp,
                          eval_every=eval_every, out=folder / f"trial_{i:02d}_seed_{s}.json")
           for i, hp in enumerate(trials) for s in seeds]
