@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -21,7 +22,10 @@ def register(sub: argparse._SubParsersAction) -> None:
       "A,B --out C` writes one report over finished folders with disjoint tasks.")
   p.add_argument("action", nargs="?", default="run", choices=("run", "score", "report", "pool"))
   p.add_argument("--suite", default="demo", help="train, heldout, demo, paper or all")
-  p.add_argument("--tasks", default=None, help="comma-separated task names (instead of a suite)")
+  p.add_argument("--tasks", default=None,
+                 help="comma-separated suite task names and/or module:function paths, where "
+                 "function() returns a Task, a TaskSpec or a list of them (instead of a suite; "
+                 "a Task's budget comes from --steps)")
   p.add_argument("--optimizers", default="demo",
                  help="comma-separated specs: adam-tuned, nadamw-tuned, lion, lion-tuned, celo, "
                  "celo:path=FILE, celo_adam:path=FILE:label=NAME, ...; `demo` = the demo set")
@@ -41,6 +45,13 @@ def register(sub: argparse._SubParsersAction) -> None:
   p.add_argument("--envelope-factor", type=int, default=4,
                  help="tuned-Adam grid runs this many times the budget, for the speedup "
                  "envelope (speedups up to this factor are measurable)")
+  p.add_argument("--retune", action="store_true",
+                 help="ignore cached and shipped tuning results of these tasks and tune again")
+  p.add_argument("--allow-missing", action="store_true",
+                 help="list an explicitly named optimizer that cannot run (missing weights, "
+                 "failed runs) as not included instead of failing with exit code 2")
+  p.add_argument("--sequential", action="store_true",
+                 help="run every (trial, seed) on its own instead of vmapped groups")
   p.add_argument("--no-compile-cache", action="store_true",
                  help="do not turn on JAX's persistent compilation cache")
   p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
@@ -85,21 +96,29 @@ def run(args: argparse.Namespace) -> int:
       raise UsageError(f"--lr-grid needs positive learning rates, got {args.lr_grid!r}")
   from lopt import eval as E
   tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None
+  if tasks and any(":" in t for t in tasks) and os.getcwd() not in sys.path:
+    sys.path.insert(0, os.getcwd())  # `--tasks mytasks:make` finds ./mytasks.py, as python -m
   try:
     res = E.run_benchmark(args.suite, args.optimizers, args.seeds, args.out, tasks=tasks,
                           workers=args.workers, num_steps=args.steps,
                           budget_scale=args.budget_scale, eval_every=args.eval_every,
                           tuning_dir=args.tuning_dir, tune_seeds=args.tune_seeds,
                           lr_grid=lr_grid, envelope_factor=args.envelope_factor,
+                          retune=args.retune, allow_missing=args.allow_missing,
+                          vectorise=not args.sequential,
                           compile_cache=not args.no_compile_cache,
                           progress=not args.no_progress, plots=not args.no_plots)
   except E.BenchmarkError as e:
     raise UsageError(str(e)) from None
-  summary = {opt: {"speedup_iqm": a["speedup_iqm"][0], "hit_rate": a["hit_rate"],
-                   "algoperf_score_steps": a["algoperf_score_steps"]}
+  # Validation first, then the training-loss speedup.
+  summary = {opt: {"algoperf_score_steps": a["algoperf_score_steps"], "hit_rate": a["hit_rate"],
+                   "steps_to_target_fraction": a["steps_to_target_fraction"],
+                   "train_loss_speedup_iqm": a["speedup_iqm"][0]}
              for opt, a in res["aggregate"].items()}
-  print(json.dumps({"report": os.path.join(args.out, "report.md"), "excluded": res["excluded"],
-                    "failed_runs": len(res["errors"]), "summary": summary}))
+  from lopt.eval._jobs import to_jsonable
+  print(json.dumps(to_jsonable({"report": os.path.join(args.out, "report.md"),
+                                "excluded": res["excluded"], "failed_runs": len(res["errors"]),
+                                "summary": summary})))
   return 1 if res["errors"] else 0
 
 

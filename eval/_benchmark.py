@@ -17,46 +17,36 @@ import dataclasses
 import os
 import pathlib
 import sys
-from typing import Sequence
+from typing import Any, Sequence
 
-from lopt.eval import _analysis, _jobs, _specs, _tuning, metrics
+from lopt.eval import _analysis, _jobs, _specs, _tasks, _tuning, metrics
 from lopt.eval._specs import OptimizerSpec
+from lopt.eval._tasks import TaskEntry
 
 SUITES = ("train", "heldout", "demo", "paper", "all")
 
 
 class BenchmarkError(ValueError):
-  """Bad benchmark input (unknown suite/task/optimizer, a mismatched output folder)."""
+  """Bad benchmark input (unknown suite/task/optimizer, a mismatched output folder), or an
+  optimizer named explicitly that could not run."""
 
 
-@dataclasses.dataclass(frozen=True)
-class TaskEntry:
-  """A task of a benchmark: its suite name, step budget and documentation."""
-
-  name: str
-  num_steps: int
-  split: str = ""
-  description: str = ""
-
-
-def suite_tasks(suite: str, tasks: Sequence[str] | None = None, *,
-                num_steps: int | None = None, budget_scale: float | None = None
-                ) -> list[TaskEntry]:
-  """The tasks of a suite (or the named `tasks`), with their step budgets.
+def suite_tasks(suite: str, tasks: Sequence[Any] | None = None, *,
+                num_steps: int | None = None, budget_scale: float | None = None,
+                fingerprints: bool = True) -> list[TaskEntry]:
+  """The tasks of a suite (or the given `tasks`), with their step budgets.
 
   Args:
     suite: "train", "heldout", "demo", "paper" or "all" (ignored when `tasks` is given).
-    tasks: explicit task names (any suite).
-    num_steps: override every budget.
+    tasks: suite names, `module:function` paths, `Task` or `TaskSpec` objects (any mix).
+    num_steps: override every budget (required for bare `Task` objects).
     budget_scale: multiply every budget (rounded, at least 10 steps).
+    fingerprints: compute each task's content hash (builds the tasks).
   """
   from lopt import tasks as T
   suite_map = T.SUITE
   if tasks:
     names = list(tasks)
-    unknown = [n for n in names if n not in suite_map]
-    if unknown:
-      raise BenchmarkError(f"unknown task(s) {unknown}; see `lopt tasks` for the suite")
   elif suite in ("train", "heldout"):
     names = list(T.suite_names(suite))
   elif suite == "demo":
@@ -69,14 +59,11 @@ def suite_tasks(suite: str, tasks: Sequence[str] | None = None, *,
     raise BenchmarkError(f"unknown suite {suite!r}; choose from {', '.join(SUITES)}")
   if not names:
     raise BenchmarkError(f"suite {suite!r} has no tasks")
-  out = []
-  for n in names:
-    s = suite_map[n]
-    steps = int(num_steps) if num_steps else int(s.num_steps)
-    if budget_scale and not num_steps:
-      steps = max(10, int(round(steps * budget_scale)))
-    out.append(TaskEntry(n, steps, getattr(s, "split", ""), getattr(s, "description", "")))
-  return out
+  try:
+    return _tasks.resolve(names, num_steps=num_steps, budget_scale=budget_scale,
+                          fingerprints=fingerprints)
+  except _tasks.TaskResolutionError as e:
+    raise BenchmarkError(str(e)) from None
 
 
 def check_available(specs: Sequence[OptimizerSpec], num_steps: int
@@ -122,14 +109,15 @@ def _run_path(out: pathlib.Path, task: str, spec: OptimizerSpec, seed: int) -> p
 
 def run_benchmark(suite: str = "demo", optimizers: str | Sequence[str] = "demo", seeds: int = 3,
                   out: str | os.PathLike = "runs/benchmark", *,
-                  tasks: Sequence[str] | None = None, workers: int = 1,
+                  tasks: Sequence[Any] | None = None, workers: int = 1,
                   num_steps: int | None = None, budget_scale: float | None = None,
                   eval_every: int | None = None, tuning_dir: str | os.PathLike | None = None,
                   tune_seeds: int = 1, lr_grid: Sequence[float] | None = None,
-                  envelope_factor: int = 4,
+                  envelope_factor: int = 4, retune: bool = False, allow_missing: bool = False,
+                  vectorise: bool = True, references: bool = True,
                   compile_cache: bool = True, progress: bool = True, report: bool = True,
                   plots: bool = True) -> dict:
-  """Benchmarks optimizers on a suite against tuned Adam; resumable.
+  """Benchmarks optimizers on a suite (or your own tasks) against tuned Adam; resumable.
 
   Args:
     suite: "train", "heldout", "demo", "paper" or "all".
@@ -137,18 +125,30 @@ def run_benchmark(suite: str = "demo", optimizers: str | Sequence[str] = "demo",
       `adam-tuned` (the reference: targets and speedup envelope) is always run.
     seeds: benchmark seeds 0..seeds-1 per (task, optimizer).
     out: the output folder (finished runs there are not redone).
-    tasks: explicit task names instead of the suite.
-    workers: parallel worker processes (1: in this process).
+    tasks: instead of the suite: suite names, `module:function` paths (the function returns
+      a `Task`, a `TaskSpec` or a list of them), `Task` objects or `TaskSpec`s. A bare
+      `Task` needs `num_steps`; a `TaskSpec` brings its budget.
+    workers: parallel worker processes (1: in this process). Workers rebuild suite and
+      `module:function` tasks by name or path; `Task` objects are sent pickled.
     num_steps: override every task's budget; `budget_scale` multiplies it instead.
     eval_every: steps between validation evaluations (default: ~20 per run).
     tuning_dir: the tuning cache (default `$LOPT_CACHE_DIR/tuning` or
-      `~/.cache/lopt/tuning`).
+      `~/.cache/lopt/tuning`), keyed by a hash of every input (see `lopt.eval._tuning`).
     tune_seeds: seeds per tuning trial.
     lr_grid: replaces every `LR_GRIDS[name]` of `*-tuned` specs (for quick runs and tests;
       the report shows the grid).
     envelope_factor: the reference's LR-grid trials run `envelope_factor x` the budget
       (selection still at the budget), so speedups up to this factor are measurable
       (VeLOdrome: 10x; AlgoPerf's r_max: 4).
+    retune: delete the cached tuning results of this benchmark's (task, tuned optimizer)
+      pairs and tune again.
+    allow_missing: an optimizer named explicitly that cannot run (weights not on this
+      machine, failed runs) is listed as not included instead of raising. Optimizers that
+      come from the `demo` set are always treated this way.
+    vectorise: run the trials and seeds that share a task and an optimizer as one vmapped
+      program (`lopt.eval._vectorised`); False runs them one by one.
+    references: read shipped tuned-Adam results (`lopt.eval.reference`) for tasks whose
+      hashes match instead of re-running the reference's LR grid.
     compile_cache: use JAX's persistent compilation cache (in `<tuning_dir>/../jax_cache`)
       unless one is configured already; seeds and reruns then skip compilation.
     progress: progress bars on stderr.
@@ -158,15 +158,20 @@ def run_benchmark(suite: str = "demo", optimizers: str | Sequence[str] = "demo",
   Returns:
     The results dict (also written to `OUT/results.json`).
 
+  Raises:
+    BenchmarkError: bad input, or (unless `allow_missing`) an explicitly named optimizer
+      that could not run; the results and report are written first in the latter case.
+
   Example:
     >>> res = run_benchmark("demo", "adam-tuned,celo", seeds=3, out="runs/demo")  # doctest: +SKIP
+    >>> res = run_benchmark(tasks=[my_task], num_steps=500, optimizers="celo")  # doctest: +SKIP
   """
   out = pathlib.Path(out)
   try:
     specs = _specs.parse_specs(optimizers)
+    required = _specs.explicit_labels(optimizers)
   except _specs.SpecError as e:
     raise BenchmarkError(str(e)) from None
-  entries = suite_tasks(suite, tasks, num_steps=num_steps, budget_scale=budget_scale)
   if seeds < 1:
     raise BenchmarkError(f"seeds must be >= 1, got {seeds}")
   if envelope_factor < 1:
@@ -174,10 +179,21 @@ def run_benchmark(suite: str = "demo", optimizers: str | Sequence[str] = "demo",
   lr_grid = None if lr_grid is None else [float(x) for x in lr_grid]
   if lr_grid is not None and (not lr_grid or min(lr_grid) <= 0):
     raise BenchmarkError(f"lr_grid must hold positive learning rates, got {lr_grid}")
+  entries = suite_tasks(suite, tasks, num_steps=num_steps, budget_scale=budget_scale)
+  local = {}
+  if workers > 1:
+    try:
+      local = _tasks.local_tasks(entries)
+    except _tasks.TaskResolutionError as e:
+      raise BenchmarkError(str(e)) from None
   ref = _specs.parse_spec(_specs.REFERENCE)
   if all(s.label != ref.label for s in specs):
     specs = [ref] + specs
+  required.add(ref.label)
   specs, excluded = check_available(specs, entries[0].num_steps)
+  missing = {k: v for k, v in excluded.items() if k in required}
+  if missing and not allow_missing:
+    raise BenchmarkError(_missing_message(missing, "cannot run here"))
   tuning_dir = pathlib.Path(tuning_dir) if tuning_dir else _tuning.default_tuning_dir()
   log = (lambda *a: print("[lopt benchmark]", *a, file=sys.stderr)) if progress else (
       lambda *a: None)
@@ -189,19 +205,30 @@ def run_benchmark(suite: str = "demo", optimizers: str | Sequence[str] = "demo",
             "optimizers": [s.to_json() for s in specs], "excluded": excluded,
             "seeds": list(range(seeds)), "eval_every": eval_every, "tune_seeds": tune_seeds,
             "tuning_dir": str(tuning_dir), "lr_grid": lr_grid,
-            "envelope_factor": int(envelope_factor), "reference": ref.label}
+            "envelope_factor": int(envelope_factor), "reference": ref.label,
+            "training_version": _tasks.TRAINING_VERSION}
   _check_config(out, config)
   _jobs.write_json(out / "config.json", config)
   cache = tuning_dir.parent / "jax_cache" if compile_cache else None
+  run = dict(workers=workers, progress=progress, compile_cache=cache, local_tasks=local,
+             vectorise=vectorise)
 
-  # 1. Tuning trials (cached across benchmarks).
+  # 1. Tuning trials (cached across benchmarks, keyed by every input).
   plans = {(e.name, s.label): _tuning.plan(
-      s, e.name, e.num_steps, tuning_dir=tuning_dir, num_seeds=tune_seeds,
-      eval_every=eval_every, lr_grid=lr_grid,
-      horizon=envelope_factor * e.num_steps if s.label == ref.label else None)
+      s, e, tuning_dir=tuning_dir, num_seeds=tune_seeds, eval_every=eval_every,
+      lr_grid=lr_grid, horizon=envelope_factor * e.num_steps if s.label == ref.label else None)
            for e in entries for s in specs if s.tuning}
-  errors = _jobs.execute([j for p in plans.values() for j in p.jobs], workers=workers,
-                         progress=progress, desc="tuning", compile_cache=cache)
+  if retune:
+    for p in plans.values():
+      _tuning.forget(p)
+  elif references:
+    from lopt.eval import reference
+    for p in plans.values():
+      if reference.install(p):
+        log(f"{p.task} / {p.spec.label}: shipped reference results (hash "
+            f"{_tuning.plan_hash(p)}); --retune to redo")
+  tune_jobs = [j for p in plans.values() for j in p.jobs]
+  errors = _jobs.execute(tune_jobs, desc="tuning", **run)
   tuned = {}
   for key, p in plans.items():
     try:
@@ -217,13 +244,13 @@ def run_benchmark(suite: str = "demo", optimizers: str | Sequence[str] = "demo",
         continue
       hp = tuned[(e.name, s.label)]["hparams"] if s.tuning else s.hparams_dict
       for k in range(seeds):
-        job = _jobs.make_job(task=e.name, num_steps=e.num_steps, optimizer=s.name,
-                             label=s.label, seed=k, hparams=hp, checkpoint=s.checkpoint,
-                             eval_every=eval_every, out=_run_path(out, e.name, s, k))
+        job = _jobs.make_job(task=e.name, task_ref=e.ref, fingerprint=e.fingerprint,
+                             num_steps=e.num_steps, optimizer=s.name, label=s.label, seed=k,
+                             hparams=hp, checkpoint=s.checkpoint, eval_every=eval_every,
+                             out=_run_path(out, e.name, s, k))
         _check_resumable(job)
         jobs.append(job)
-  errors.update(_jobs.execute(jobs, workers=workers, progress=progress, desc="benchmark",
-                              compile_cache=cache))
+  errors.update(_jobs.execute(jobs, desc="benchmark", **run))
 
   results = collect(out, entries, specs, plans, tuned, seeds=seeds, excluded=excluded,
                     errors=errors, config=config)
@@ -231,7 +258,30 @@ def run_benchmark(suite: str = "demo", optimizers: str | Sequence[str] = "demo",
     from lopt.eval import _report
     _report.write_all(out, results, plots=plots)
     log(f"wrote {out / 'report.md'}")
+  failed = _failed_required(errors, tune_jobs + jobs, plans, required)
+  if failed and not allow_missing:
+    raise BenchmarkError(_missing_message(failed, "failed") + f" (results so far in {out})")
   return results
+
+
+def _missing_message(missing: dict[str, str], what: str) -> str:
+  lines = "; ".join(f"{k}: {v.splitlines()[0] if v else ''}" for k, v in missing.items())
+  return (f"optimizer(s) named explicitly {what}: {lines}. Fix the cause, drop them from "
+          "--optimizers, or pass --allow-missing (allow_missing=True) to list them as not "
+          "included")
+
+
+def _failed_required(errors: dict[str, str], jobs: Sequence[dict], plans: dict,
+                     required: set[str]) -> dict[str, str]:
+  """{label: first error} for required optimizers with a failed run or tuning."""
+  label_of = {j["out"]: j["label"].split("#", 1)[0] for j in jobs}
+  label_of.update({str(p.folder): p.spec.label for p in plans.values()})
+  out: dict[str, str] = {}
+  for path, err in errors.items():
+    label = label_of.get(path)
+    if label in required and label not in out:
+      out[label] = f"{path}: {err}"
+  return out
 
 
 _SAME = ("tasks", "eval_every", "tune_seeds", "lr_grid", "envelope_factor")
@@ -327,6 +377,8 @@ def rescore(out: str | os.PathLike, *, report: bool = True, plots: bool = True) 
     raise BenchmarkError(f"{out} has no config.json: not a benchmark folder")
   config = _jobs.read_json(cfg_file)
   entries = [TaskEntry(**t) for t in config["tasks"]]
+  # Folders written before task fingerprints: read their tuning cache by the old layout.
+  legacy = "training_version" not in config
   specs = [OptimizerSpec(name=o["name"], tuning=o["tuning"],
                          hparams=tuple(sorted(o["hparams"].items())), checkpoint=o["checkpoint"],
                          label=o["label"], trials=o["trials"]) for o in config["optimizers"]]
@@ -335,7 +387,7 @@ def rescore(out: str | os.PathLike, *, report: bool = True, plots: bool = True) 
     for s in specs:
       if s.tuning:
         factor = config.get("envelope_factor", 1)
-        p = _tuning.plan(s, e.name, e.num_steps, tuning_dir=config["tuning_dir"],
+        p = _tuning.plan(s, e, tuning_dir=config["tuning_dir"], legacy=legacy,
                          num_seeds=config["tune_seeds"], eval_every=config["eval_every"],
                          lr_grid=config.get("lr_grid"),
                          horizon=factor * e.num_steps if s.label == config["reference"]

@@ -68,8 +68,11 @@ def read_json(path: str | os.PathLike) -> Any:
 
 def make_job(*, task: str, num_steps: int, optimizer: str, label: str, seed: int, out: str,
              hparams: dict | None = None, checkpoint: str | None = None,
-             eval_every: int | None = None) -> dict:
-  return {"task": task, "num_steps": int(num_steps), "optimizer": optimizer, "label": label,
+             eval_every: int | None = None, task_ref: str = "", fingerprint: str = "") -> dict:
+  """A job dict. `task_ref` says how to rebuild the task (`_tasks.build`; default: the
+  suite task `task`); `fingerprint` is its content hash (a changed task is a new job)."""
+  return {"task": task, "task_ref": task_ref or task, "fingerprint": fingerprint,
+          "num_steps": int(num_steps), "optimizer": optimizer, "label": label,
           "hparams": dict(hparams or {}), "checkpoint": checkpoint, "seed": int(seed),
           "eval_every": eval_every, "out": str(out)}
 
@@ -78,7 +81,8 @@ def make_job(*, task: str, num_steps: int, optimizer: str, label: str, seed: int
 # schedules included): `make(lr) == scale(lr) o make(1)`. Their learning rate is kept as
 # optimizer state (data), so every learning rate of a grid and every seed runs the same
 # compiled program, and the persistent compilation cache compiles it once per task.
-LINEAR_IN_LR = ("adam", "adamw", "nadamw", "sgd_nesterov", "lion", "rmsprop")
+LINEAR_IN_LR = ("adam", "adamw", "nadamw", "sgd_nesterov", "lion", "rmsprop", "shampoo",
+                "muon")
 
 
 class LearningRateState(NamedTuple):
@@ -128,9 +132,10 @@ def run_job(job: dict) -> dict:
   The optimizer sees only the optax API and `num_steps` (reported as `uses_num_steps`);
   it never sees the task's name.
   """
-  from lopt import tasks, training
+  from lopt import training
+  from lopt.eval import _tasks
 
-  task = tasks.get_task(job["task"])
+  task = _tasks.build(job.get("task_ref") or job["task"], job["task"])
   tx, info = make_optimizer(job["optimizer"], num_steps=job["num_steps"],
                             checkpoint=job["checkpoint"], **job["hparams"])
   t0 = time.perf_counter()
@@ -175,13 +180,16 @@ def enable_compile_cache(folder: str | os.PathLike | None) -> None:
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
 
-def _worker_init(compile_cache: str | None) -> None:
+def _worker_init(compile_cache: str | None, local_tasks: dict | None = None) -> None:
   # One CPU thread per worker process: several workers share the machine.
   flags = os.environ.get("XLA_FLAGS", "")
   if "intra_op_parallelism_threads" not in flags:
     os.environ["XLA_FLAGS"] = (flags + " --xla_cpu_multi_thread_eigen=false "
                                "intra_op_parallelism_threads=1").strip()
   enable_compile_cache(compile_cache)
+  if local_tasks:
+    from lopt.eval import _tasks
+    _tasks.install_local(local_tasks)
   _exit_with_parent()
 
 
@@ -208,9 +216,22 @@ def _safe_run(job: dict) -> tuple[dict, str | None]:
     return job, f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=3)}"
 
 
+def _safe_run_group(group: list[dict]) -> list[tuple[dict, str | None]]:
+  """A group as one vmapped program; if that fails, its jobs one by one (so each error
+  belongs to its own run)."""
+  if len(group) == 1:
+    return [_safe_run(group[0])]
+  from lopt.eval import _vectorised
+  try:
+    _vectorised.run_group(group)
+    return [(j, None) for j in group]
+  except Exception:  # noqa: BLE001 - retried one by one, which reports the cause per run
+    return [_safe_run(j) for j in group]
+
+
 def execute(jobs: Iterable[dict], *, workers: int = 1, progress: bool = True,
-            desc: str = "runs", compile_cache: str | os.PathLike | None = None
-            ) -> dict[str, str]:
+            desc: str = "runs", compile_cache: str | os.PathLike | None = None,
+            local_tasks: dict | None = None, vectorise: bool = True) -> dict[str, str]:
   """Runs the jobs whose output file does not exist yet.
 
   Args:
@@ -219,6 +240,9 @@ def execute(jobs: Iterable[dict], *, workers: int = 1, progress: bool = True,
     progress: show a progress bar (jobs done / total).
     desc: the progress bar's label.
     compile_cache: a folder for JAX's persistent compilation cache (None: leave as is).
+    local_tasks: {name: Task} of tasks given as objects (sent to the worker processes).
+    vectorise: jobs that differ only in seed or learning rate run as one vmapped program
+      (`lopt.eval._vectorised`); False: one by one.
 
   Returns:
     {output path: error message} for the jobs that failed (their files are not written,
@@ -226,6 +250,11 @@ def execute(jobs: Iterable[dict], *, workers: int = 1, progress: bool = True,
   """
   jobs = list(jobs)
   todo = [j for j in jobs if not os.path.exists(j["out"])]
+  if vectorise:
+    from lopt.eval import _vectorised
+    batches = _vectorised.groups(todo)
+  else:
+    batches = [[j] for j in todo]
   bar = None
   if progress and jobs:
     from tqdm.auto import tqdm
@@ -233,30 +262,31 @@ def execute(jobs: Iterable[dict], *, workers: int = 1, progress: bool = True,
                dynamic_ncols=True, file=sys.stderr)
   errors: dict[str, str] = {}
 
-  def done(job, err):
-    if err is not None:
-      errors[job["out"]] = err
-      print(f"\n[lopt benchmark] run failed: {job['task']} / {job['label']} / seed "
-            f"{job['seed']}: {err.splitlines()[0]}", file=sys.stderr)
-    if bar is not None:
-      bar.update(1)
-      bar.set_postfix_str(f"{job['task']} {job['label']} s{job['seed']}")
+  def done(results):
+    for job, err in results:
+      if err is not None:
+        errors[job["out"]] = err
+        print(f"\n[lopt benchmark] run failed: {job['task']} / {job['label']} / seed "
+              f"{job['seed']}: {err.splitlines()[0]}", file=sys.stderr)
+      if bar is not None:
+        bar.update(1)
+        bar.set_postfix_str(f"{job['task']} {job['label']} s{job['seed']}")
 
-  if workers <= 1 or len(todo) <= 1:
+  if workers <= 1 or len(batches) <= 1:
     if todo:
       enable_compile_cache(compile_cache)
-    for job in todo:
-      done(*_safe_run(job))
+    for b in batches:
+      done(_safe_run_group(b))
   else:
     import concurrent.futures as cf
     import multiprocessing as mp
     with cf.ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"),
                                 initializer=_worker_init,
-                                initargs=(None if compile_cache is None else str(compile_cache),)
-                                ) as pool:
-      futures = [pool.submit(_safe_run, j) for j in todo]
+                                initargs=(None if compile_cache is None else str(compile_cache),
+                                          local_tasks or {})) as pool:
+      futures = [pool.submit(_safe_run_group, b) for b in batches]
       for f in cf.as_completed(futures):
-        done(*f.result())
+        done(f.result())
   if bar is not None:
     bar.close()
   return errors

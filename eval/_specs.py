@@ -29,7 +29,8 @@ import dataclasses
 import re
 from typing import Any
 
-__all__ = ["OptimizerSpec", "parse_spec", "parse_specs", "REFERENCE", "demo_specs"]
+__all__ = ["OptimizerSpec", "parse_spec", "parse_specs", "REFERENCE", "demo_specs",
+           "explicit_labels"]
 
 REFERENCE = "adam-tuned"  # sets the targets and the speedup envelope on every task
 
@@ -144,6 +145,17 @@ def parse_specs(text: str | list[str]) -> list[OptimizerSpec]:
   if not out:
     raise SpecError("no optimizers given (e.g. --optimizers adam-tuned,celo)")
   return out
+
+
+def explicit_labels(text: str | list[str]) -> set[str]:
+  """The labels of the specs named explicitly (not through `demo`): those must run.
+
+  Example:
+    >>> sorted(explicit_labels("demo,celo"))
+    ['celo']
+  """
+  items = text.split(",") if isinstance(text, str) else list(text)
+  return {parse_spec(i).label for i in items if i.strip() and i.strip() != "demo"}
 
 
 def demo_specs() -> list[str]:

@@ -13,8 +13,11 @@ Rules (the same for every task and every tuned baseline):
   diverged (non-finite loss) or ended on a NaN loses. Ties keep the earlier trial.
 
 The cache folder is `<tuning_dir>/<task>/<name>-<rule>-<hash>/` with one JSON per trial and
-seed and `best.json`; the hash covers everything the result depends on (grid or space,
-budget, seeds, fixed hyperparameters, eval interval), so changing any of them re-tunes.
+seed and `best.json`. The hash covers every input of the result: the task's fingerprint
+(class, every static field, data, budget; `_tasks.fingerprint`), the optimizer spec and its
+search space (grid or Halton space, fixed hyperparameters), the protocol (tuning seeds,
+eval interval, envelope horizon) and `_tasks.TRAINING_VERSION`. A changed input is a new
+folder: stale entries are never read. `retune=True` deletes the folder and tunes again.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from lopt.eval import _jobs
+from lopt.eval import _jobs, _tasks
 from lopt.eval._specs import OptimizerSpec
 
 TUNE_SEED_OFFSET = 1000
@@ -50,6 +53,7 @@ class TuningPlan:
     spec: the tuned optimizer spec.
     task: the task name.
     num_steps: the budget.
+    key: everything the result depends on (hashed into the folder name).
     trials: hyperparameters of each trial.
     seeds: the tuning seeds.
     folder: the cache folder.
@@ -63,6 +67,7 @@ class TuningPlan:
   seeds: list[int]
   folder: pathlib.Path
   jobs: list[dict]
+  key: dict = dataclasses.field(default_factory=dict)
 
 
 def search_trials(spec: OptimizerSpec, lr_grid: Sequence[float] | None = None
@@ -85,35 +90,94 @@ def search_trials(spec: OptimizerSpec, lr_grid: Sequence[float] | None = None
   raise ValueError(f"{spec.label!r} is not tuned")
 
 
-def plan(spec: OptimizerSpec, task: str, num_steps: int, *, tuning_dir: str | os.PathLike,
-         num_seeds: int = 1, eval_every: int | None = None,
-         lr_grid: Sequence[float] | None = None, horizon: int | None = None) -> TuningPlan:
+def plan(spec: OptimizerSpec, task: str | _tasks.TaskEntry, num_steps: int | None = None, *,
+         tuning_dir: str | os.PathLike, num_seeds: int = 1, eval_every: int | None = None,
+         lr_grid: Sequence[float] | None = None, horizon: int | None = None,
+         legacy: bool = False) -> TuningPlan:
   """Lays out the tuning trials of `spec` on `task` (nothing runs).
 
   Args:
+    spec: the tuned optimizer spec.
+    task: a `TaskEntry` (or a suite task name, resolved here).
+    num_steps: the budget of a task given by name (an entry carries its own).
     horizon: run the trials longer than the budget (the reference's speedup envelope
       needs Adam beyond the budget to measure speedups above 1). Selection still uses the
       validation loss at the budget: without a schedule, the first `num_steps` steps of a
       longer run are exactly the budget-length run (same per-step keys). Only for specs
       whose optimizer does not use `num_steps`.
+    legacy: the folder layout of benchmarks written before task fingerprints (keyed by the
+      task name only); for re-reading their results (`rescore`, `pool`), never for tuning.
   """
+  from lopt import optimizers
+  entry = task if isinstance(task, _tasks.TaskEntry) else _tasks.resolve(
+      [task], num_steps=num_steps, fingerprints=not legacy)[0]
+  if legacy:
+    return _legacy_plan(spec, entry, tuning_dir=tuning_dir, num_seeds=num_seeds,
+                        eval_every=eval_every, lr_grid=lr_grid, horizon=horizon)
+  if not entry.fingerprint:
+    entry = dataclasses.replace(entry, fingerprint=_tasks.fingerprint(
+        _tasks.build(entry.ref or entry.name, entry.name), entry.num_steps))
+  num_steps = entry.num_steps
   trials = search_trials(spec, lr_grid)
   seeds = [TUNE_SEED_OFFSET + k for k in range(num_seeds)]
   run_steps = int(num_steps)
-  key = {"name": spec.name, "rule": spec.tuning, "trials": trials, "num_steps": int(num_steps),
-         "seeds": seeds, "eval_every": eval_every}
+  space = (optimizers.HALTON_SPACES.get(spec.name) if spec.tuning == "halton"
+           else list(lr_grid) if lr_grid is not None else optimizers.LR_GRIDS.get(spec.name))
+  key = {"name": spec.name, "rule": spec.tuning, "hparams": spec.hparams_dict,
+         "trials_requested": spec.trials, "space": space, "trials": trials,
+         "num_steps": num_steps, "seeds": seeds, "eval_every": eval_every,
+         "task": entry.fingerprint, "version": _tasks.TRAINING_VERSION}
   if horizon and horizon > num_steps:
     run_steps = int(horizon)
     # evaluate on the budget-length run's grid, so the budget step is an evaluation
     eval_every = eval_every or max(1, math.ceil(num_steps / 20))
     key.update(horizon=run_steps, eval_every=eval_every)
   digest = hashlib.sha256(json.dumps(_jobs.to_jsonable(key), sort_keys=True).encode())
-  folder = pathlib.Path(tuning_dir) / task / f"{spec.name}-{spec.tuning}-{digest.hexdigest()[:10]}"
-  jobs = [_jobs.make_job(task=task, num_steps=run_steps, optimizer=spec.name,
+  folder = (pathlib.Path(tuning_dir) / _slug(entry.name)
+            / f"{spec.name}-{spec.tuning}-{digest.hexdigest()[:10]}")
+  jobs = [_jobs.make_job(task=entry.name, task_ref=entry.ref, fingerprint=entry.fingerprint,
+                         num_steps=run_steps, optimizer=spec.name,
                          label=f"{spec.label}#trial{i}", seed=s, hparams=hp,
                          eval_every=eval_every, out=folder / f"trial_{i:02d}_seed_{s}.json")
           for i, hp in enumerate(trials) for s in seeds]
-  return TuningPlan(spec, task, int(num_steps), trials, seeds, folder, jobs)
+  return TuningPlan(spec, entry.name, num_steps, trials, seeds, folder, jobs, key)
+
+
+def _legacy_plan(spec, entry, *, tuning_dir, num_seeds, eval_every, lr_grid, horizon):
+  trials = search_trials(spec, lr_grid)
+  seeds = [TUNE_SEED_OFFSET + k for k in range(num_seeds)]
+  num_steps = run_steps = entry.num_steps
+  key = {"name": spec.name, "rule": spec.tuning, "trials": trials, "num_steps": num_steps,
+         "seeds": seeds, "eval_every": eval_every}
+  if horizon and horizon > num_steps:
+    run_steps = int(horizon)
+    eval_every = eval_every or max(1, math.ceil(num_steps / 20))
+    key.update(horizon=run_steps, eval_every=eval_every)
+  digest = hashlib.sha256(json.dumps(_jobs.to_jsonable(key), sort_keys=True).encode())
+  folder = (pathlib.Path(tuning_dir) / entry.name
+            / f"{spec.name}-{spec.tuning}-{digest.hexdigest()[:10]}")
+  jobs = [_jobs.make_job(task=entry.name, num_steps=run_steps, optimizer=spec.name,
+                         label=f"{spec.label}#trial{i}", seed=s, hparams=hp,
+                         eval_every=eval_every, out=folder / f"trial_{i:02d}_seed_{s}.json")
+          for i, hp in enumerate(trials) for s in seeds]
+  return TuningPlan(spec, entry.name, num_steps, trials, seeds, folder, jobs, key)
+
+
+def plan_hash(p: TuningPlan) -> str:
+  """The hash in the plan's folder name (keys the shipped reference results)."""
+  return p.folder.name.rsplit("-", 1)[-1]
+
+
+def forget(p: TuningPlan) -> None:
+  """Deletes the plan's cached trials and decision (`--retune`)."""
+  import shutil
+  if p.folder.is_dir():
+    shutil.rmtree(p.folder)
+
+
+def _slug(text: str) -> str:
+  import re
+  return re.sub(r"[^A-Za-z0-9_.+=-]+", "_", text)
 
 
 def _final_valid_loss(rec: dict, at_step: int) -> float:

@@ -8,9 +8,11 @@ Example:
 """
 
 from lopt.optimizers._baselines import BASELINES, Baseline, UnknownOptimizerError, get, warmup_cosine
+from lopt.optimizers._shampoo import ShampooState, scale_by_shampoo, shampoo, state_bytes
 from lopt.optimizers._search_spaces import HALTON_SPACES, LR_GRIDS, halton_trials, log_grid
 
 SEARCH_SPACES = {"lr_grid": LR_GRIDS, "halton": HALTON_SPACES}
 
 __all__ = ["BASELINES", "Baseline", "UnknownOptimizerError", "get", "warmup_cosine",
+           "ShampooState", "scale_by_shampoo", "shampoo", "state_bytes",
            "HALTON_SPACES", "LR_GRIDS", "SEARCH_SPACES", "halton_trials", "log_grid"]

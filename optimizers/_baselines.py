@@ -70,6 +70,23 @@ def _schedule_free_adamw(learning_rate=2.5e-3, b1=0.9, b2=0.999, weight_decay=0.
                                            weight_decay=weight_decay)
 
 
+def _muon(learning_rate=0.02, beta=0.95, weight_decay=0.0, adam_b1=0.9, adam_b2=0.999,
+          num_steps=None):
+  # optax.contrib.muon: Newton-Schulz-orthogonalised momentum for 2-D weights, Adam (same
+  # learning rate) for every other parameter (biases, norms, conv kernels).
+  del num_steps
+  return optax.contrib.muon(learning_rate, beta=beta, weight_decay=weight_decay,
+                            adam_b1=adam_b1, adam_b2=adam_b2)
+
+
+def _shampoo(learning_rate=1e-3, b1=0.9, b2=0.999, beta2_stats=0.999, matrix_eps=1e-6,
+             precondition_every=10, num_steps=None):
+  from lopt.optimizers._shampoo import shampoo
+  del num_steps
+  return shampoo(learning_rate, b1=b1, b2=b2, beta2_stats=beta2_stats, matrix_eps=matrix_eps,
+                 precondition_every=precondition_every)
+
+
 def _schedule_free_eval_params(opt_state: Any, params: Any) -> Any:
   return optax.contrib.schedule_free_eval_params(opt_state, params)
 
@@ -104,6 +121,12 @@ BASELINES: dict[str, Baseline] = {
     "lion": Baseline(_lion, {"learning_rate": 1e-4}, reference="Chen et al. 2023"),
     "rmsprop": Baseline(_rmsprop, {"learning_rate": 1e-3}, reference="Tieleman & Hinton 2012"),
     "adafactor": Baseline(_adafactor, {"learning_rate": 1e-2}, reference="Shazeer & Stern 2018"),
+    "muon": Baseline(_muon, {"learning_rate": 0.02},
+                     reference="Jordan et al. 2024 (optax.contrib.muon, Adam for non-matrix "
+                     "parameters)"),
+    "shampoo": Baseline(_shampoo, {"learning_rate": 1e-3},
+                        reference="Gupta et al. 2018; Anil et al. 2020 (Adam grafting; AlgoPerf "
+                        "external-tuning winner)"),
     "schedule_free_adamw": Baseline(_schedule_free_adamw, {"learning_rate": 2.5e-3},
                                     eval_params=_schedule_free_eval_params,
                                     reference="Defazio et al. 2024"),

@@ -32,6 +32,8 @@ LR_GRIDS: dict[str, tuple[float, ...]] = {
     "rmsprop": log_grid(1e-5, 1e-2, 13),
     "adafactor": log_grid(1e-4, 1e-1, 13),
     "schedule_free_adamw": log_grid(1e-4, 1e-1, 13),
+    "muon": log_grid(1e-4, 1e-1, 13),
+    "shampoo": log_grid(1e-4, 1e-1, 13),   # grafted to Adam's step size: Adam's range
 }
 
 HALTON_SPACES: dict[str, dict[str, Any]] = {

@@ -1,0 +1,67 @@
+"""Vectorised vs one-by-one runs: the demo suite's tuning + benchmark stage both ways.
+
+Runs `lopt.eval.run_benchmark` twice in this process on fresh tuning caches (no persistent
+compilation cache, no shipped reference results, so both ways compile and train everything):
+once with `vectorise=True` (LR-grid points and seeds of a task and optimizer as one vmapped
+program) and once with `vectorise=False`. Prints both wall-clock times, checks that the two
+ways chose the same tuned learning rates, and ends with `vectorised/sequential speedup: N.NN`.
+
+Usage (from the directory above the `lopt` package, about 5-15 minutes on 2 CPU cores):
+
+    python -m lopt.benchmarks.benchmark_throughput
+    python -m lopt.benchmarks.benchmark_throughput --budget-scale 0.2    # a quick look
+    python -m lopt.benchmarks.benchmark_throughput --export-references   # maintainers
+
+`--export-references` packs the vectorised run's tuned-Adam trials as `lopt.eval.reference`
+package data (only meaningful at the default protocol and budgets).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+
+
+def main(argv=None) -> None:
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument("--suite", default="demo")
+  p.add_argument("--optimizers", default="adam-tuned,adam")
+  p.add_argument("--seeds", type=int, default=3)
+  p.add_argument("--budget-scale", type=float, default=None)
+  p.add_argument("--export-references", action="store_true")
+  args = p.parse_args(argv)
+
+  from lopt import eval as E
+  from lopt.eval import _tuning
+
+  E.suite_tasks(args.suite, budget_scale=args.budget_scale)  # load the datasets once
+  times, chosen = {}, {}
+  with tempfile.TemporaryDirectory() as root:
+    for mode in ("vectorised", "sequential"):
+      t0 = time.perf_counter()
+      res = E.run_benchmark(args.suite, args.optimizers, args.seeds,
+                            os.path.join(root, mode, "out"), budget_scale=args.budget_scale,
+                            tuning_dir=os.path.join(root, mode, "tuning"),
+                            vectorise=mode == "vectorised", references=False,
+                            compile_cache=False, progress=False, plots=False)
+      times[mode] = time.perf_counter() - t0
+      chosen[mode] = {k: v["hparams"].get("learning_rate") for k, v in res["tuning"].items()}
+      print(f"{mode}: {times[mode]:.1f} s ({len(res['runs'])} benchmark runs, "
+            f"{sum(len(v['trials']) for v in res['tuning'].values())} tuning trials, "
+            f"{len(res['errors'])} errors)", flush=True)
+      if mode == "vectorised" and args.export_references:
+        from lopt.eval import reference
+        entries = E.suite_tasks(args.suite, budget_scale=args.budget_scale)
+        ref = E.parse_spec(E.REFERENCE)
+        for e in entries:
+          plan = _tuning.plan(ref, e, tuning_dir=os.path.join(root, mode, "tuning"),
+                              horizon=4 * e.num_steps)
+          print("exported", reference.export(plan))
+  print("same tuned learning rates both ways:", chosen["vectorised"] == chosen["sequential"])
+  print(f"vectorised/sequential speedup: {times['sequential'] / times['vectorised']:.2f}")
+
+
+if __name__ == "__main__":
+  main()
