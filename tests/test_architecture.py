@@ -26,6 +26,20 @@ ALLOWED = {
 }
 PURE_NUMPY = ("eval/metrics.py", "eval/scoring.py")
 
+# Known breaks, listed so that no new one can appear; each is open work of the structure
+# issue (#15 item 1: the resolver moves to optimizers/ and nowcasting reaches the loop through
+# hooks; the vectorised loop moves into training/). Remove an entry when its import goes.
+KNOWN = {
+    ("training/_loop.py", "learned_opts.nino.nowcast"),    # nowcast phase planning
+    ("training/_registry.py", "optimizers"),               # the optimizer-name resolver
+    ("training/_registry.py", "learned_opts"),
+    ("training/_registry.py", "learned_opts.nino"),
+    ("eval/_vectorised.py", "training._loop"),             # vectorised runs reuse the loop
+    ("analysis/_runs.py", "training._loop"),
+    ("cli/benchmark.py", "eval._jobs"),
+    ("benchmarks/benchmark_throughput.py", "eval._tuning"),
+}
+
 
 def _modules():
   for part in ALLOWED:
@@ -58,6 +72,8 @@ def _violations():
     for line, mod, name in _imports(ast.parse(path.read_text())):
       if not mod or mod[0] == part:
         continue
+      if (str(rel), ".".join(mod)) in KNOWN or (str(rel), ".".join(mod + [name or ""])) in KNOWN:
+        continue
       target = mod[0]
       where = f"{rel}:{line}: lopt.{'.'.join(mod)}" + (f" import {name}" if name else "")
       if target not in ALLOWED.get(part, set()) and target in ALLOWED:
@@ -81,6 +97,17 @@ def test_metrics_and_scoring_import_no_jax(rel):
   names |= {n.module.split(".")[0] for n in ast.walk(tree)
             if isinstance(n, ast.ImportFrom) and n.module}
   assert not names & {"jax", "jaxlib", "haiku", "optax"}, rel
+
+
+def test_known_breaks_are_still_there():
+  """An entry of KNOWN that no longer matches must be deleted (the list only shrinks)."""
+  seen = set()
+  for part, path in _modules():
+    rel = str(path.relative_to(ROOT))
+    for _, mod, name in _imports(ast.parse(path.read_text())):
+      seen.add((rel, ".".join(mod)))
+      seen.add((rel, ".".join(mod + [name or ""])))
+  assert not KNOWN - seen, f"remove from KNOWN: {sorted(KNOWN - seen)}"
 
 
 def test_the_checker_sees_inner_imports(tmp_path):
