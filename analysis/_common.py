@@ -12,7 +12,7 @@ import numpy as np
 import optax
 
 from lopt import optimizers
-from lopt.training import OptimizerInfo, make_optimizer
+from lopt.optimizers import OptimizerInfo, make_optimizer
 
 MakeTx = Callable[[Any], optax.GradientTransformation]
 

@@ -112,7 +112,7 @@ def trajectory_structure(task: Task, optimizers: Sequence[str], *, num_steps: in
 
   Args:
     task: the task.
-    optimizers: optimizer names (`lopt.training.make_optimizer`).
+    optimizers: optimizer names (`lopt.optimizers.make_optimizer`).
     num_steps: steps per run.
     seed: init and data seed (the same for every optimizer: same start, same batches).
     num_snapshots: parameter snapshots per run (evenly spaced, plus the initial one).
@@ -132,7 +132,7 @@ def trajectory_structure(task: Task, optimizers: Sequence[str], *, num_steps: in
     transforms[name] = make_tx(None)
     runs = run_many(task, make_tx, num_steps, init_seeds=[seed], eval_every=every,
                     snapshots=True, eval_params=info.eval_params,
-                    needs_gradients=info.needs_gradients)
+                    needs_gradients=info.needs_gradients, hooks=info.hooks)
     stop = int(runs.stopped_at[0])
     n = num_steps if stop < 0 else stop
     logs = np.stack([runs.train_loss[0, :n], runs.grad_norm[0, :n],

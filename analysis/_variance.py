@@ -94,7 +94,7 @@ def seed_variance(task: Task, optimizers: Sequence[str], *, num_seeds: int = 4,
 
   Args:
     task: the task.
-    optimizers: optimizer names (`lopt.training.make_optimizer`).
+    optimizers: optimizer names (`lopt.optimizers.make_optimizer`).
     num_seeds: N: runs an N x N grid (init seeds 0..N-1 x data seeds 0..N-1).
     num_steps: steps per run.
     hparams: optional name -> hyperparameters (e.g. `{"adam": {"learning_rate": 3e-3}}`).
@@ -125,7 +125,7 @@ def seed_variance(task: Task, optimizers: Sequence[str], *, num_seeds: int = 4,
     transforms[name] = make_tx(None)
     runs = run_many(task, make_tx, num_steps, init_seeds=init_seeds, data_seeds=data_seeds,
                     eval_every=eval_every, eval_params=info.eval_params,
-                    needs_gradients=info.needs_gradients)
+                    needs_gradients=info.needs_gradients, hooks=info.hooks)
     final = runs.final_valid().reshape(num_seeds, num_seeds)   # [init, data]
     best = runs.best_valid().reshape(num_seeds, num_seeds)
     comp = variance_components(final)

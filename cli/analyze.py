@@ -86,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
     raise UsageError(f"{args.analysis} takes one --task, got {len(task_names)}")
   for name in opts:
     try:
-      training.make_optimizer(name, num_steps=args.steps)
+      optimizers.make_optimizer(name, num_steps=args.steps)
     except optimizers.UnknownOptimizerError as e:
       raise UsageError(str(e)) from None
     except (ValueError, FileNotFoundError) as e:

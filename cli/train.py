@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
   except datasets.DatasetUnavailableError as e:
     raise UsageError(str(e)) from None
   try:
-    tx, info = training.make_optimizer(args.optimizer, num_steps=steps,
+    tx, info = optimizers.make_optimizer(args.optimizer, num_steps=steps,
                                        checkpoint=args.checkpoint, **hparams)
   except optimizers.UnknownOptimizerError as e:
     raise UsageError(str(e)) from None
@@ -82,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
   try:
     result = training.train(task, tx, steps, seed=args.seed, eval_every=args.eval_every,
                             out_dir=args.out, progress=not args.no_progress,
-                            eval_params=info.eval_params, needs_gradients=info.needs_gradients,
+                            eval_params=info.eval_params, needs_gradients=info.needs_gradients, hooks=info.hooks,
                             run_info=info.to_json())
   except training.RunDirMismatchError as e:
     raise UsageError(str(e)) from None

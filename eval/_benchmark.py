@@ -90,7 +90,7 @@ def check_available(specs: Sequence[OptimizerSpec], num_steps: int
     if s.checkpoint is not None and not os.path.exists(s.checkpoint):
       raise BenchmarkError(f"{s.label!r}: checkpoint {s.checkpoint} does not exist")
     try:
-      training.make_optimizer(s.name, num_steps=num_steps, checkpoint=s.checkpoint,
+      optimizers.make_optimizer(s.name, num_steps=num_steps, checkpoint=s.checkpoint,
                               **s.hparams_dict)
     except optimizers.UnknownOptimizerError as e:
       raise BenchmarkError(str(e)) from None

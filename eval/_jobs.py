@@ -110,7 +110,7 @@ def scale_by_learning_rate_state(learning_rate: float):
 
 def make_optimizer(name: str, *, num_steps: int, checkpoint: str | None = None,
                    **hparams: Any):
-  """`lopt.training.make_optimizer`, with the learning rate as state for `LINEAR_IN_LR`
+  """`lopt.optimizers.make_optimizer`, with the learning rate as state for `LINEAR_IN_LR`
   baselines (same updates up to float rounding, one compiled program per task)."""
   import dataclasses as dc
 
@@ -120,10 +120,10 @@ def make_optimizer(name: str, *, num_steps: int, checkpoint: str | None = None,
   if name in LINEAR_IN_LR and name in optimizers.BASELINES and checkpoint is None:
     lr = float(hparams.pop("learning_rate",
                            optimizers.BASELINES[name].defaults.get("learning_rate", 1.0)))
-    tx, info = training.make_optimizer(name, num_steps=num_steps, learning_rate=1.0, **hparams)
+    tx, info = optimizers.make_optimizer(name, num_steps=num_steps, learning_rate=1.0, **hparams)
     tx = optax.with_extra_args_support(optax.chain(tx, scale_by_learning_rate_state(lr)))
     return tx, dc.replace(info, hparams={**info.hparams, "learning_rate": lr})
-  return training.make_optimizer(name, num_steps=num_steps, checkpoint=checkpoint, **hparams)
+  return optimizers.make_optimizer(name, num_steps=num_steps, checkpoint=checkpoint, **hparams)
 
 
 def run_job(job: dict) -> dict:
@@ -141,7 +141,7 @@ def run_job(job: dict) -> dict:
   t0 = time.perf_counter()
   result = training.train(task, tx, job["num_steps"], seed=job["seed"],
                           eval_every=job["eval_every"], progress=False,
-                          eval_params=info.eval_params, needs_gradients=info.needs_gradients)
+                          eval_params=info.eval_params, needs_gradients=info.needs_gradients, hooks=info.hooks)
   record = {
       "job": {k: v for k, v in job.items() if k != "out"},
       "info": info.to_json(),

@@ -10,6 +10,7 @@ import dataclasses
 from typing import Any, Callable
 
 import optax
+from lopt.learned_opts.registry import UnknownOptimizerError as _registry_error
 
 GT = optax.GradientTransformationExtraArgs
 
@@ -133,8 +134,9 @@ BASELINES: dict[str, Baseline] = {
 }
 
 
-class UnknownOptimizerError(ValueError):
-  """An optimizer name that no registry knows."""
+# One error for every unknown optimizer name (baselines, learned, composed): the class
+# learned_opts declares, so `except lopt.optimizers.UnknownOptimizerError` catches all.
+UnknownOptimizerError = _registry_error
 
 
 def get(name: str, *, num_steps: int | None = None, **hparams: Any) -> GT:

@@ -178,11 +178,11 @@ def test_unavailable_pretrained_is_excluded_with_reason(tmp_path, monkeypatch):
 def test_learning_rate_as_state_matches_registry():
   import jax.numpy as jnp
   import optax
-  from lopt import training
+  from lopt import optimizers
   params = {"w": jnp.linspace(-1.0, 1.0, 5)}
   for name, hp in [("adam", {"learning_rate": 3e-2}),
                    ("nadamw", {"learning_rate": 1e-2, "weight_decay": 0.1})]:
-    a, _ = training.make_optimizer(name, num_steps=10, **hp)
+    a, _ = optimizers.make_optimizer(name, num_steps=10, **hp)
     b, info = _jobs.make_optimizer(name, num_steps=10, **hp)
     assert info.hparams["learning_rate"] == hp["learning_rate"]
     pa, pb, sa, sb = params, params, a.init(params), b.init(params)

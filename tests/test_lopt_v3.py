@@ -8,7 +8,8 @@ import jax.numpy as jnp
 from lopt import learned_opts
 from lopt.eval import _specs  # pylint: disable=protected-access
 from lopt.tasks import get_task
-from lopt.training import make_optimizer, train
+from lopt.optimizers import make_optimizer
+from lopt.training import train
 
 CARD = (pathlib.Path(learned_opts.__file__).parent / "checkpoints" / "lopt-v3"
         / "MODEL_CARD.md")

@@ -94,7 +94,7 @@ def test_strong_baselines_train_and_tune(name):
   assert name in optimizers.LR_GRIDS and len(optimizers.LR_GRIDS[name]) >= 9
   assert _specs.parse_spec(f"{name}-tuned").tuning == "lr_grid"
   task = tasks.QuadraticTask(dim=8)
-  tx, info = training.make_optimizer(name, learning_rate=1e-2)
+  tx, info = optimizers.make_optimizer(name, learning_rate=1e-2)
   res = training.train(task, tx, 30, progress=False)
   h = res.history["train_loss"]
   assert np.all(np.isfinite(h)) and h[-1] < h[0]
@@ -119,11 +119,10 @@ def test_muon_uses_adam_for_non_matrix_parameters():
 @pytest.mark.parametrize("name", ["muon", "shampoo"])
 def test_learning_rate_as_state_matches_registry(name):
   """Both are linear in the learning rate, so a whole LR grid shares one vmapped program."""
-  from lopt import training
   from lopt.eval import _jobs
   assert name in _jobs.LINEAR_IN_LR
   params = {"w": jax.random.normal(jax.random.PRNGKey(0), (5, 4)), "b": jnp.ones(4)}
-  a, _ = training.make_optimizer(name, learning_rate=3e-2)
+  a, _ = optimizers.make_optimizer(name, learning_rate=3e-2)
   b, _ = _jobs.make_optimizer(name, num_steps=10, learning_rate=3e-2)
   sa, sb = a.init(params), b.init(params)
   for t in range(4):

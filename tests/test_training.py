@@ -15,7 +15,8 @@ import pytest
 
 from lopt import optimizers
 from lopt.tasks.base import Task, register_task
-from lopt.training import make_optimizer, train
+from lopt.optimizers import make_optimizer
+from lopt.training import train
 
 
 @register_task(data_fields=("scales",))
@@ -197,7 +198,7 @@ def test_conv_tasks_run_unrolled_blocks_with_the_same_result(monkeypatch):
 def test_every_baseline_lowers_digits_loss(name):
   from lopt.tasks import get_task
   lr = {"sgd_nesterov": 0.1, "lion": 1e-3, "adafactor": 1e-2, "rmsprop": 3e-3,
-        "schedule_free_adamw": 1e-2}.get(name, 3e-3)
+        "schedule_free_adamw": 1e-2, "muon": 2e-2}.get(name, 3e-3)
   tx, info = make_optimizer(name, num_steps=150, learning_rate=lr)
   result = train(get_task("digits-mlp-32"), tx, 150, eval_every=75, progress=False,
                  eval_params=info.eval_params)
@@ -222,10 +223,10 @@ def test_nowcast_steps_run_as_their_own_call_in_unrolled_blocks(monkeypatch):
   planned = []
   plan = _loop._plan
   monkeypatch.setattr(_loop, "_plan", lambda *a: planned.append(plan(*a)) or planned[-1])
-  split = train(task, opt, 12, eval_every=6, progress=False, needs_gradients=nc.needs_gradients)
+  split = train(task, opt, 12, eval_every=6, progress=False, hooks=nc.NOWCAST_HOOKS)
   assert planned[0] == [(4, "base"), (1, "nowcast"), (1, "base")]
   assert int(split.opt_state.nowcasts) == 2
-  monkeypatch.setattr(_loop, "_nowcast_schedule", lambda state: None)
+  # Without hooks' schedule, the per-step cond decides (only needs_gradients given).
   cond = train(task, opt, 12, eval_every=6, progress=False, needs_gradients=nc.needs_gradients)
   assert int(cond.opt_state.nowcasts) == 2
   np.testing.assert_allclose(split.history["train_loss"], cond.history["train_loss"], rtol=1e-5)

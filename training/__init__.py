@@ -1,17 +1,30 @@
-"""Inner training: one task, one optax transform, and the optimizer resolver.
+"""Inner training: one task, one optax transform (names resolve in `lopt.optimizers`).
 
 Example:
+  >>> import optax
   >>> from lopt.tasks import get_task
-  >>> from lopt.training import make_optimizer, train
-  >>> tx, info = make_optimizer("adam", learning_rate=3e-3)
-  >>> result = train(get_task("digits-mlp-32"), tx, 20, progress=False)
+  >>> from lopt.training import train
+  >>> result = train(get_task("digits-mlp-32"), optax.adam(3e-3), 20, progress=False)
   >>> result.steps_done
   20
 """
 
-from lopt.training._loop import TrainResult, train
-from lopt.training._registry import OptimizerInfo, known_names, make_optimizer
-from lopt.training._run_dir import RunDirMismatchError, plot_history
+import importlib
+import warnings
 
-__all__ = ["TrainResult", "train", "OptimizerInfo", "known_names",
-           "make_optimizer", "RunDirMismatchError", "plot_history"]
+from lopt.training._loop import TrainResult, train
+from lopt.training._run_dir import RunDirMismatchError, plot_history
+from lopt.training.hooks import StepHooks
+
+__all__ = ["TrainResult", "train", "StepHooks", "RunDirMismatchError", "plot_history"]
+
+_MOVED = ("make_optimizer", "OptimizerInfo", "known_names")
+
+
+def __getattr__(name):
+  """`lopt.training.make_optimizer` & co. moved to `lopt.optimizers` (deprecated here)."""
+  if name in _MOVED:
+    warnings.warn(f"lopt.training.{name} moved to lopt.optimizers.{name}; import it from "
+                  "there", DeprecationWarning, stacklevel=2)
+    return getattr(importlib.import_module("lopt.optimizers"), name)
+  raise AttributeError(f"module 'lopt.training' has no attribute {name!r}")

@@ -20,6 +20,7 @@ import optax
 
 from lopt.tasks.base import Task
 from lopt.training import _run_dir
+from lopt.training.hooks import StepHooks
 
 Array = jax.Array
 
@@ -144,16 +145,6 @@ def _blocks(length: int, block: int | None) -> list[int]:
   return [block] * (length // block) + ([length % block] if length % block else [])
 
 
-def _nowcast_schedule(opt_state: Any) -> tuple[int, int] | None:
-  """`(calls before the next nowcast, period)` when `opt_state` holds exactly one nowcast
-  period, else None (no nowcast wrapper, or several periods: `lax.cond` decides per step)."""
-  from lopt.learned_opts.nino.nowcast import _nowcast_states, calls_to_next_nowcast
-  periods = {int(s.period) for s in _nowcast_states(opt_state)}
-  if len(periods) != 1:
-    return None
-  return calls_to_next_nowcast(opt_state), periods.pop()
-
-
 def _plan(length: int, block: int | None, schedule: tuple[int, int] | None
           ) -> list[tuple[int, str | None]]:
   """The compiled calls `(steps, phase)` that make up one chunk of `length` steps.
@@ -189,6 +180,7 @@ def train(task: Task, optimizer: optax.GradientTransformation, num_steps: int, *
           checkpoint_every: int | None = None, progress: bool = True,
           eval_params: Callable[[Any, Any], Any] | None = None,
           needs_gradients: Callable[[Any], Array] | None = None,
+          hooks: StepHooks | None = None,
           params: Any = None, run_info: dict | None = None) -> TrainResult:
   """Trains `task` with `optimizer` for `num_steps` steps.
 
@@ -211,6 +203,9 @@ def train(task: Task, optimizer: optax.GradientTransformation, num_steps: int, *
       default: every eval when `out_dir` is set).
     progress: show a progress bar.
     eval_params: optional `(opt_state, params) -> params` to evaluate (schedule-free).
+    hooks: optional `StepHooks` of an optimizer with a schedule of its own (nowcasting:
+      `lopt.optimizers.make_optimizer(...)[1].hooks`); sets `needs_gradients` and runs the
+      special steps as their own compiled calls.
     needs_gradients: optional `opt_state -> bool[]`; when False the backward pass is skipped
       (nowcasting steps).
     params: initial parameters (default: `task.init(PRNGKey(seed))`).
@@ -264,6 +259,8 @@ def train(task: Task, optimizer: optax.GradientTransformation, num_steps: int, *
     if restored is not None:
       carry, history, start_eval = restored
 
+  if hooks is not None and needs_gradients is None:
+    needs_gradients = hooks.needs_gradients
   chunk = _make_chunk(optimizer, needs_gradients)
   block = (_CPU_CONV_BLOCK if jax.default_backend() == "cpu" and _has_convolution(task, params)
            else None)
@@ -287,10 +284,10 @@ def train(task: Task, optimizer: optax.GradientTransformation, num_steps: int, *
     if run is not None:
       run.log_eval(history, 0)
   compiled: dict[tuple[int, str | None], Any] = {}
-  split = block is not None and _nowcast_schedule(carry.opt_state) is not None
+  split = block is not None and hooks is not None and hooks.schedule(carry.opt_state) is not None
   for i in range(start_eval, len(eval_steps) - 1):
     length = eval_steps[i + 1] - eval_steps[i]
-    calls = _plan(length, block, _nowcast_schedule(carry.opt_state) if split else None)
+    calls = _plan(length, block, hooks.schedule(carry.opt_state) if split else None)
     for n, phase in set(calls) - set(compiled):  # compile outside the timed region
       compiled[n, phase] = chunk.lower(task, carry, data_key, length=n,
                                        unroll=n if block else 1, phase=phase).compile()

@@ -26,7 +26,7 @@ from lopt.learned_opts.nino.nowcaster import (OFFICIAL, Nowcaster, init_nowcaste
 from lopt.learned_opts.nino.torch_io import TorchFormatError, load_torch_zip
 # Imported last: binding `nowcast` (the function) on the package shadows the module name;
 # use importlib.import_module("lopt.learned_opts.nino.nowcast") to reach the module.
-from lopt.learned_opts.nino.nowcast import (SHIPPED, LinearNowcaster, NowcastState,
+from lopt.learned_opts.nino.nowcast import (NOWCAST_HOOKS, SHIPPED, LinearNowcaster, NowcastHooks, NowcastState,
                                             calls_to_next_nowcast, default_period, k_schedule, needs_gradients, nowcast,
                                             resolve_nowcaster)
 
@@ -34,4 +34,5 @@ __all__ = ["EDGE_TYPES", "NeuralGraph", "build_graph", "gpt2_arch", "infer_arch"
            "NowcasterConfig", "make_model", "predict_edges", "OFFICIAL", "Nowcaster",
            "init_nowcaster", "load_nowcaster", "save_nowcaster", "zscore", "unzscore",
            "TorchFormatError", "load_torch_zip", "SHIPPED", "LinearNowcaster", "NowcastState",
-           "calls_to_next_nowcast", "default_period", "k_schedule", "needs_gradients", "nowcast", "resolve_nowcaster"]
+           "calls_to_next_nowcast", "default_period", "k_schedule", "needs_gradients", "nowcast", "resolve_nowcaster",
+           "NOWCAST_HOOKS", "NowcastHooks"]

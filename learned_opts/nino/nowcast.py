@@ -41,6 +41,8 @@ __all__ = [
     "nowcast",
     "needs_gradients",
     "calls_to_next_nowcast",
+    "NowcastHooks",
+    "NOWCAST_HOOKS",
     "k_schedule",
     "default_period",
     "SHIPPED",
@@ -340,3 +342,21 @@ def needs_gradients(opt_state: Any) -> jax.Array:
   if not found:
     return jnp.asarray(True)
   return jnp.logical_not(jnp.any(jnp.stack([s.next_nowcast for s in found])))
+
+
+class NowcastHooks:
+  """The step hooks (`lopt.training.StepHooks`) of a nowcast wrapper: skip the backward pass
+  before a nowcast and run each nowcast step as its own compiled call when the state holds
+  exactly one period."""
+
+  def needs_gradients(self, opt_state: Any) -> jax.Array:
+    return needs_gradients(opt_state)
+
+  def schedule(self, opt_state: Any) -> tuple[int, int] | None:
+    periods = {int(s.period) for s in _nowcast_states(opt_state)}
+    if len(periods) != 1:
+      return None
+    return calls_to_next_nowcast(opt_state), periods.pop()
+
+
+NOWCAST_HOOKS = NowcastHooks()

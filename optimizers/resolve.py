@@ -1,8 +1,11 @@
 """One resolver for every optimizer name lopt knows: baselines, learned optimizers and
 nowcasting wrappers (`base+nowcaster`, e.g. `adam+nino`).
 
-The training loop and the benchmark call `make_optimizer`; an optimizer only ever sees what
-the optax API gives it, plus `num_steps` where it needs the run length (reported in `info`).
+Callers (the CLI, the benchmark, the analyses) resolve a name here and hand the transform to
+`lopt.training.train`, which knows optax only; an optimizer only ever sees what the optax API
+gives it, plus `num_steps` where it needs the run length (reported in `info`). Optimizers that
+change the loop's schedule (nowcasting skips backward passes) carry `info.hooks`, an object
+implementing `lopt.training.StepHooks`.
 """
 
 from __future__ import annotations
@@ -12,7 +15,9 @@ from typing import Any, Callable
 
 import optax
 
-from lopt import optimizers
+from lopt import learned_opts
+from lopt.learned_opts import nino
+from lopt.optimizers import _baselines
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,6 +32,7 @@ class OptimizerInfo:
     checkpoint: the checkpoint path a learned optimizer was loaded from, if any.
     eval_params: optional `(opt_state, params) -> params` to evaluate at.
     needs_gradients: optional `opt_state -> bool[]` (False on nowcast steps).
+    hooks: optional step hooks for `lopt.training.train(hooks=...)` (nowcasting).
   """
   name: str
   kind: str
@@ -35,6 +41,7 @@ class OptimizerInfo:
   checkpoint: str | None = None
   eval_params: Callable[[Any, Any], Any] | None = None
   needs_gradients: Callable[[Any], Any] | None = None
+  hooks: Any = None
 
   def to_json(self) -> dict:
     return {"optimizer": self.name, "kind": self.kind, "hparams": self.hparams,
@@ -43,8 +50,7 @@ class OptimizerInfo:
 
 def known_names() -> list[str]:
   """Every optimizer name `make_optimizer` accepts (without the `+nowcaster` forms)."""
-  from lopt import learned_opts
-  return sorted(set(optimizers.BASELINES) | set(learned_opts.PRETRAINED))
+  return sorted(set(_baselines.BASELINES) | set(learned_opts.PRETRAINED))
 
 
 def make_optimizer(spec: str, *, num_steps: int | None = None, checkpoint: str | None = None,
@@ -60,7 +66,7 @@ def make_optimizer(spec: str, *, num_steps: int | None = None, checkpoint: str |
     **hparams: baseline hyperparameters (`learning_rate`, ...) or learned-optimizer options.
 
   Raises:
-    lopt.optimizers.UnknownOptimizerError: unknown name (the message lists valid names).
+    lopt._baselines.UnknownOptimizerError: unknown name (the message lists valid names).
     ValueError: invalid hyperparameters.
 
   Example:
@@ -72,14 +78,13 @@ def make_optimizer(spec: str, *, num_steps: int | None = None, checkpoint: str |
     base_spec, nowcaster = spec.split("+", 1)
     return _make_nowcast(spec, base_spec, nowcaster, num_steps=num_steps,
                          checkpoint=checkpoint, **hparams)
-  if spec in optimizers.BASELINES:
+  if spec in _baselines.BASELINES:
     if checkpoint is not None:
       raise ValueError(f"{spec!r} is a hand-designed optimizer: it takes no --checkpoint")
-    base = optimizers.BASELINES[spec]
-    tx = optimizers.get(spec, num_steps=num_steps, **hparams)
+    base = _baselines.BASELINES[spec]
+    tx = _baselines.get(spec, num_steps=num_steps, **hparams)
     return tx, OptimizerInfo(spec, "baseline", {**base.defaults, **hparams},
                              uses_num_steps=base.needs_num_steps, eval_params=base.eval_params)
-  from lopt import learned_opts
   if spec in learned_opts.PRETRAINED or spec.replace("_", "-") in learned_opts.PRETRAINED \
       or spec in learned_opts.REGISTRY:
     if "learning_rate" in hparams:
@@ -88,13 +93,12 @@ def make_optimizer(spec: str, *, num_steps: int | None = None, checkpoint: str |
     tx = learned_opts.load(spec, path=checkpoint, num_steps=num_steps, **hparams)
     return tx, OptimizerInfo(spec, "learned", dict(hparams), uses_num_steps=num_steps is not None,
                              checkpoint=None if checkpoint is None else str(checkpoint))
-  raise optimizers.UnknownOptimizerError(
+  raise _baselines.UnknownOptimizerError(
       f"unknown optimizer {spec!r}; valid names: {', '.join(known_names())} "
       "(and base+nowcaster forms such as adam+nino)")
 
 
 def _make_nowcast(spec, base_spec, nowcaster, *, num_steps, checkpoint, period=None, **hparams):
-  from lopt.learned_opts import nino
   if num_steps is None:
     raise ValueError("nowcasting needs the run length: pass num_steps")
   base, base_info = make_optimizer(base_spec, num_steps=num_steps, **hparams)
@@ -105,4 +109,5 @@ def _make_nowcast(spec, base_spec, nowcaster, *, num_steps, checkpoint, period=N
   return tx, OptimizerInfo(
       spec, "nowcast", {**base_info.hparams, "period": period, "nowcaster": nowcaster},
       uses_num_steps=True, checkpoint=None if checkpoint is None else str(checkpoint),
-      eval_params=base_info.eval_params, needs_gradients=nino.needs_gradients)
+      eval_params=base_info.eval_params, needs_gradients=nino.needs_gradients,
+      hooks=nino.NOWCAST_HOOKS)
