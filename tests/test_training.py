@@ -197,7 +197,7 @@ def test_conv_tasks_run_unrolled_blocks_with_the_same_result(monkeypatch):
 def test_every_baseline_lowers_digits_loss(name):
   from lopt.tasks import get_task
   lr = {"sgd_nesterov": 0.1, "lion": 1e-3, "adafactor": 1e-2, "rmsprop": 3e-3,
-        "schedule_free_adamw": 1e-2}.get(name, 3e-3)
+        "schedule_free_adamw": 1e-2, "muon": 2e-2}.get(name, 3e-3)
   tx, info = make_optimizer(name, num_steps=150, learning_rate=lr)
   result = train(get_task("digits-mlp-32"), tx, 150, eval_every=75, progress=False,
                  eval_params=info.eval_params)
