@@ -25,12 +25,16 @@ from typing import Any, Sequence
 import numpy as np
 
 MAX_GROUP = 32  # runs per compiled program (memory grows linearly)
+# Optimizers whose update branches on the step (`lax.cond`): under vmap the predicate is
+# batched, the cond becomes a select and both branches run every step (Shampoo's
+# eigendecompositions: measured >10x slower than one by one). They run alone.
+RUN_ALONE = ("shampoo",)
 
 
 def group_key(job: dict) -> tuple | None:
   """The key of the jobs that can share a program with `job` (None: runs alone)."""
   from lopt.eval import _jobs
-  if "+" in job["optimizer"]:
+  if "+" in job["optimizer"] or job["optimizer"] in RUN_ALONE:
     return None
   hp = dict(job["hparams"])
   if job["optimizer"] in _jobs.LINEAR_IN_LR and job["checkpoint"] is None:
