@@ -95,14 +95,8 @@ def meta_train(cfg: dict, workdir: str | pathlib.Path, *, progress: bool = True,
   return summary
 
 
-def export_theta(workdir: str | pathlib.Path, out: str | pathlib.Path, *,
-                 step: int | None = None) -> pathlib.Path:
-  """Writes theta of a run's checkpoint (latest by default) with `save_theta`.
-
-  Useful when a run was stopped before `num_steps` (e.g. by a time limit).
-  """
-  from lopt.learned_opts import save_theta
-  workdir = pathlib.Path(workdir)
+def _restore(workdir: pathlib.Path, step: int | None):
+  """`(config, trainer, host state)` of a run's checkpoint (latest by default)."""
   cfg = json.loads((workdir / "config.json").read_text())
   trainer = build_trainer(cfg, devices=jax.devices()[:1])
   ckpt = Checkpointer(workdir / "checkpoints")
@@ -112,6 +106,17 @@ def export_theta(workdir: str | pathlib.Path, out: str | pathlib.Path, *,
   template = jax.eval_shape(trainer._init, trainer.estimators, jax.random.PRNGKey(0))
   state = ckpt.restore(step, template)
   ckpt.close()
+  return cfg, trainer, state
+
+
+def export_theta(workdir: str | pathlib.Path, out: str | pathlib.Path, *,
+                 step: int | None = None) -> pathlib.Path:
+  """Writes theta of a run's checkpoint (latest by default) with `save_theta`.
+
+  Useful when a run was stopped before `num_steps` (e.g. by a time limit).
+  """
+  from lopt.learned_opts import save_theta
+  cfg, trainer, state = _restore(pathlib.Path(workdir), step)
   return save_theta(out, trainer.lopt, state.theta, overwrite=True,
                     extra_meta={"outer_step": int(state.step), "config": cfg.get("name", ""),
                                 "skipped": int(state.skipped)})
@@ -121,16 +126,7 @@ def export_small(workdir: str | pathlib.Path, *, step: int | None = None) -> pat
   """Writes `workdir/small_state.npz` from a full checkpoint (latest by default), for runs
   whose checkpoints predate the small state."""
   workdir = pathlib.Path(workdir)
-  cfg = json.loads((workdir / "config.json").read_text())
-  trainer = build_trainer(cfg, devices=jax.devices()[:1])
-  ckpt = Checkpointer(workdir / "checkpoints")
-  step = ckpt.latest_step() if step is None else step
-  if step is None:
-    raise ConfigError(f"{workdir} has no checkpoint yet")
-  template = jax.eval_shape(trainer._init, trainer.estimators, jax.random.PRNGKey(0))
-  state = ckpt.restore(step, template)
-  ckpt.close()
-  save_small(workdir / SMALL_STATE, state)
+  save_small(workdir / SMALL_STATE, _restore(workdir, step)[2])
   return workdir / SMALL_STATE
 
 

@@ -52,17 +52,7 @@ def plot_meta_curves(runs: Mapping[str, str | pathlib.Path], out: str | pathlib.
     color = f"C{i}"
     ax.plot(x, y, color=color, alpha=0.25, lw=0.8)
     ax.plot(x, _smooth(y, window), color=color, lw=1.8, label=label)
-  ax.set_xlabel("outer step")
-  ax.set_ylabel(f"{key} (moving average of {window} rows)")
-  ax.set_title(title or key)
-  ax.grid(alpha=0.3)
-  ax.legend(fontsize=8)
-  fig.tight_layout()
-  out = pathlib.Path(out)
-  out.parent.mkdir(parents=True, exist_ok=True)
-  fig.savefig(out, dpi=120)
-  plt.close(fig)
-  return out
+  return _finish(fig, ax, out, f"{key} (moving average of {window} rows)", title or key)
 
 
 def plot_ablation(arms: Mapping[str, list[tuple[int, float]]], out: str | pathlib.Path, *,
@@ -77,6 +67,12 @@ def plot_ablation(arms: Mapping[str, list[tuple[int, float]]], out: str | pathli
     x, y = zip(*sorted(pts))
     ax.plot(x, y, "o-", color=f"C{i}", label=label)
   ax.axhline(0.0, color="k", lw=0.8, ls="--", label="tuned Adam")
+  return _finish(fig, ax, out, ylabel, title)
+
+
+def _finish(fig, ax, out: str | pathlib.Path, ylabel: str, title: str) -> pathlib.Path:
+  """Labels, grid, legend; saves `out` (folders created) and closes the figure."""
+  import matplotlib.pyplot as plt
   ax.set_xlabel("outer step")
   ax.set_ylabel(ylabel, fontsize=8)
   ax.set_title(title)
