@@ -122,8 +122,7 @@ def batch_size_scaling(task_name: str, optimizers: Sequence[str], *,
                       init_seeds=seeds, hparams=jnp.asarray(np.nan_to_num(lrs), jnp.float32),
                       eval_every=eval_every, eval_task=base,
                       eval_params=None if info is None else info.eval_params,
-                      needs_gradients=None if info is None else info.needs_gradients,
-                      hooks=None if info is None else info.hooks)
+                      needs_gradients=None if info is None else info.needs_gradients)
       valid = runs.valid_loss.reshape(len(grid), num_seeds, -1)     # [L, S, E]
       valid = np.where((runs.stopped_at >= 0).reshape(len(grid), num_seeds, 1), np.inf, valid)
       raw[name][b] = {"lr": grid, "eval_step": runs.eval_step, "valid": valid,

@@ -132,7 +132,7 @@ def trajectory_structure(task: Task, optimizers: Sequence[str], *, num_steps: in
     transforms[name] = make_tx(None)
     runs = run_many(task, make_tx, num_steps, init_seeds=[seed], eval_every=every,
                     snapshots=True, eval_params=info.eval_params,
-                    needs_gradients=info.needs_gradients, hooks=info.hooks)
+                    needs_gradients=info.needs_gradients)
     stop = int(runs.stopped_at[0])
     n = num_steps if stop < 0 else stop
     logs = np.stack([runs.train_loss[0, :n], runs.grad_norm[0, :n],

@@ -125,7 +125,7 @@ def seed_variance(task: Task, optimizers: Sequence[str], *, num_seeds: int = 4,
     transforms[name] = make_tx(None)
     runs = run_many(task, make_tx, num_steps, init_seeds=init_seeds, data_seeds=data_seeds,
                     eval_every=eval_every, eval_params=info.eval_params,
-                    needs_gradients=info.needs_gradients, hooks=info.hooks)
+                    needs_gradients=info.needs_gradients)
     final = runs.final_valid().reshape(num_seeds, num_seeds)   # [init, data]
     best = runs.best_valid().reshape(num_seeds, num_seeds)
     comp = variance_components(final)

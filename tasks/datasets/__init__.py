@@ -20,7 +20,6 @@ Example:
 """
 
 from lopt.tasks.datasets._batching import sample_batch, sample_windows
-from lopt.tasks.datasets._builders import check_fashion_mnist_dir, fashion_mnist_dir
 from lopt.tasks.datasets._image import resize_images
 from lopt.tasks.datasets._info import (
     DATASETS,
@@ -64,3 +63,17 @@ __all__ = [
     "sample_batch",
     "sample_windows",
 ]
+
+
+# The builders import tfds, which a prepared dataset's array cache does not need: these two
+# load them on call only.
+def fashion_mnist_dir(manual_dir=None):
+  """Where the Fashion-MNIST IDX files are looked for (see `_builders.fashion_mnist_dir`)."""
+  from lopt.tasks.datasets import _builders
+  return _builders.fashion_mnist_dir(manual_dir)
+
+
+def check_fashion_mnist_dir(manual_dir=None):
+  """The IDX folder, or `DatasetUnavailableError` saying how to get the files."""
+  from lopt.tasks.datasets import _builders
+  return _builders.check_fashion_mnist_dir(manual_dir)
