@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The device check for a lent GPU machine (see /work/.library/device/README.md): one
+# The device check for a lent GPU machine (see the device tool README of the workplace): one
 # prepared script, run once, that finishes the held-out benchmark's two largest tasks with
 # the full protocol and, with the time left, the GPU step/meta-training benchmarks.
 #

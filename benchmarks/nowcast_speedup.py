@@ -34,7 +34,9 @@ import sys
 import numpy as np
 import optax
 
-_SHARED = "/work/shared/pretrained/nino"
+# The official NiNo weights: $LOPT_SHARED_DIR/pretrained/nino, else ../shared beside the repo.
+_SHARED = os.path.join(os.environ.get("LOPT_SHARED_DIR") or os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared"), "pretrained", "nino")
 
 TASKS = {
     # name: (task constructor kwargs, default lr)

@@ -48,7 +48,9 @@ REFERENCE = {  # torch, one thread (reference_runs_nino.md §2): NiNo s, WNN+ s,
 }
 REFERENCE_MEM_GB = {"conv_100k": (0.08, 0.18), "mlp_100k": (0.37, 0.17),
                     "conv_1m": (0.43, 1.49), "mlp_1m": (3.70, 1.60)}
-_SHARED = "/work/shared/pretrained/nino"
+# The official NiNo weights: $LOPT_SHARED_DIR/pretrained/nino, else ../shared beside the repo.
+_SHARED = os.path.join(os.environ.get("LOPT_SHARED_DIR") or os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared"), "pretrained", "nino")
 
 
 def _mem_kb() -> dict:

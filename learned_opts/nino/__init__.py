@@ -13,7 +13,7 @@ Public API:
 
 Example:
   >>> from lopt.learned_opts import nino
-  >>> nc = nino.load_nowcaster("nino", path="/work/shared/pretrained/nino")  # doctest: +SKIP
+  >>> nc = nino.load_nowcaster("nino", path="../shared/pretrained/nino")  # doctest: +SKIP
   >>> future = nc.predict(history, k=5)  # doctest: +SKIP
 """
 

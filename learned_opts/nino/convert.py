@@ -6,7 +6,7 @@ haiku `[in, out]` layout. The last message-passing layer (`gnn.convs.{n_layers-1
 without a final edge update it cannot affect the output.
 
 Example:
-  >>> cfg, w = convert_checkpoint("/work/shared/pretrained/nino/nino_mlp_h32.pt")  # doctest: +SKIP
+  >>> cfg, w = convert_checkpoint("../shared/pretrained/nino/nino_mlp_h32.pt")  # doctest: +SKIP
   >>> cfg.kind, cfg.hid                                                            # doctest: +SKIP
   ('wnn', 32)
 """

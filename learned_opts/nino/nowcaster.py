@@ -16,7 +16,7 @@ offline / `LOPT_OFFLINE=1`). Our own nowcasters are directories written by `save
 (`nowcaster.json` + orbax `weights/`).
 
 Example:
-  >>> nc = load_nowcaster("wnnp_h32", path="/work/shared/pretrained/nino")  # doctest: +SKIP
+  >>> nc = load_nowcaster("wnnp_h32", path="../shared/pretrained/nino")  # doctest: +SKIP
   >>> future = nc.predict(history, k=5)                                    # doctest: +SKIP
 """
 

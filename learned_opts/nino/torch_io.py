@@ -7,7 +7,7 @@ tensors are persistent references) and `<prefix>/data/<key>` (raw little-endian 
 classes, `nn.Module`s, code) raises `TorchFormatError`. Tensors come back as numpy arrays.
 
 Example:
-  >>> sd = load_torch_zip("/work/shared/pretrained/nino/nino_mlp_h32.pt")  # doctest: +SKIP
+  >>> sd = load_torch_zip("../shared/pretrained/nino/nino_mlp_h32.pt")  # doctest: +SKIP
   >>> sd["state_dict"]["layer_embed.weight"].shape                           # doctest: +SKIP
   (15, 32)
 """
