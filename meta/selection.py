@@ -80,14 +80,12 @@ def evaluate(make_tx: MakeTx, tasks: Sequence[tuple[str, Any, int]], *, seeds: i
 def adam_reference(tasks: Sequence[tuple[str, Any, int]], *, seeds: int = 2,
                    grid: Sequence[float] = ADAM_GRID) -> dict[str, dict]:
   """Per task, Adam at the grid learning rate with the lowest mean final validation loss."""
-  out = {}
-  for name, task, steps in tasks:
-    best = None
-    for lr in grid:
-      row = _mean([_run(task, optax.adam(lr), steps, s) for s in range(seeds)])
-      if best is None or row["final_valid"] < best["final_valid"]:
-        best = {**row, "lr": lr}
-    out[name] = best
+  out: dict[str, dict] = {}
+  for lr in grid:
+    for row in evaluate(lambda n, lr=lr: optax.adam(lr), tasks, seeds=seeds):
+      name = row.pop("task")
+      if name not in out or row["final_valid"] < out[name]["final_valid"]:
+        out[name] = {**row, "lr": lr}
   return out
 
 
