@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import importlib
-import json
 
 from lopt.cli import UsageError
+from lopt.cli._io import emit_json, out
 
 
 def register(subparsers) -> None:
@@ -44,7 +44,7 @@ def _list(args) -> int:
     rows.append((name, ci.architecture, _size(ci.size), where))
   widths = [max(len(r[i]) for r in rows) for i in range(3)]
   for r in rows:
-    print("  ".join(c.ljust(w) for c, w in zip(r[:3], widths)) + "  " + r[3])
+    out("  ".join(c.ljust(w) for c, w in zip(r[:3], widths)) + "  " + r[3])
   return 0
 
 
@@ -59,5 +59,5 @@ def _show(args) -> int:
   found = pt.find_local(ci.name)
   out["local_path"] = str(found[1]) if found else None
   out["found_in"] = found[0] if found else None
-  print(json.dumps(out, indent=1))
+  emit_json(out, indent=1)
   return 0

@@ -154,6 +154,24 @@ def _search_roots() -> list[pathlib.Path]:
   return roots
 
 
+def verify_official(name: str, path: pathlib.Path) -> pathlib.Path:
+  """`path`, after checking the size and sha256 published for official nowcaster `name`
+  (skipped with `$LOPT_NO_VERIFY`, as for the learned optimizers)."""
+  pretrained = _pretrained()
+  file, sha, size = OFFICIAL[_canonical(name)]
+  if not pretrained.verification_on():
+    return path
+  import hashlib
+  got = path.stat().st_size
+  digest = hashlib.sha256(path.read_bytes()).hexdigest() if got == size else None
+  if digest != sha:
+    raise pretrained.CheckpointIntegrityError(
+        f"{path}: not the official {file} of nowcaster {name!r} ({got:,} bytes, sha256 "
+        f"{digest or '-'}; expected {size:,} bytes, {sha}). Fetch it again from {_URL}{file}, "
+        "or pass --no-verify for your own file")
+  return path
+
+
 def resolve_official(name: str, path: str | os.PathLike | None = None, *,
                      download: bool = True) -> pathlib.Path:
   """The local `.pt` file of an official nowcaster (see the module doc for the order)."""
@@ -165,10 +183,10 @@ def resolve_official(name: str, path: str | os.PathLike | None = None, *,
       p = p / file
     if not p.exists():
       raise FileNotFoundError(f"{p}: no such file (nowcaster {key!r} is {file})")
-    return p
+    return verify_official(key, p)
   for root in _search_roots():
     if (root / file).is_file():
-      return root / file
+      return verify_official(key, root / file)
   pretrained = _pretrained()
   dest = pretrained.cache_dir() / "nino" / file
   offline = os.environ.get("LOPT_OFFLINE", "").lower() not in ("", "0", "false", "no")
