@@ -6,6 +6,8 @@ import argparse
 import json
 import sys
 
+from lopt.cli._io import emit_json
+
 
 def register(sub: argparse._SubParsersAction) -> None:
   p = sub.add_parser("train", help="train a suite task with an optimizer",
@@ -115,8 +117,8 @@ def run(args: argparse.Namespace) -> int:
     result = training.train(task, tx, steps, seed=args.seed, eval_every=args.eval_every,
                             out_dir=args.out, progress=not args.no_progress,
                             eval_params=info.eval_params, needs_gradients=info.needs_gradients,
-                            run_info=info.to_json())
-  except training.RunDirMismatchError as e:
+                            run_info=info.to_json(), tensorboard=args.tensorboard)
+  except (training.RunDirMismatchError, ImportError) as e:  # ImportError: no tensorboardX
     raise UsageError(str(e)) from None
   metrics = {"task": args.task, **info.to_json(), "seed": args.seed,
              **result.final_metrics(), "stopped": result.stopped}
