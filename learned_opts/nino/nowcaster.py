@@ -154,12 +154,13 @@ def _search_roots() -> list[pathlib.Path]:
   return roots
 
 
-def verify_official(name: str, path: pathlib.Path) -> pathlib.Path:
+def verify_official(name: str, path: pathlib.Path, *, verify: bool | None = None
+                    ) -> pathlib.Path:
   """`path`, after checking the size and sha256 published for official nowcaster `name`
-  (skipped with `$LOPT_NO_VERIFY`, as for the learned optimizers)."""
+  (skipped with `verify=False` or `$LOPT_NO_VERIFY`, as for the learned optimizers)."""
   pretrained = _pretrained()
   file, sha, size = OFFICIAL[_canonical(name)]
-  if not pretrained.verification_on():
+  if not pretrained.verification_on(verify):
     return path
   import hashlib
   got = path.stat().st_size
@@ -170,6 +171,23 @@ def verify_official(name: str, path: pathlib.Path) -> pathlib.Path:
         f"{digest or '-'}; expected {size:,} bytes, {sha}). Fetch it again from {_URL}{file}, "
         "or pass --no-verify for your own file")
   return path
+
+
+def add_official(name: str, file: str | os.PathLike) -> pathlib.Path:
+  """Copies an official nowcaster file into the user cache after checking its sha256."""
+  key = _canonical(name)
+  src = verify_official(key, pathlib.Path(file).expanduser(), verify=True)
+  dest = _pretrained().cache_dir() / "nino" / OFFICIAL[key][0]
+  dest.parent.mkdir(parents=True, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+  os.close(fd)
+  try:
+    shutil.copyfile(src, tmp)
+    os.replace(tmp, dest)
+  finally:
+    if os.path.exists(tmp):
+      os.unlink(tmp)
+  return dest
 
 
 def resolve_official(name: str, path: str | os.PathLike | None = None, *,
