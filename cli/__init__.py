@@ -62,8 +62,15 @@ def version() -> str:
   return f"lopt {v('lopt')} (jax {v('jax')}, optax {v('optax')})"
 
 
+class _Parser(argparse.ArgumentParser):
+  """argparse with a one-line error (not the whole usage block); subparsers inherit it."""
+
+  def error(self, message: str):
+    self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(prog="lopt", description=__doc__.splitlines()[0])
+  parser = _Parser(prog="lopt", description=__doc__.splitlines()[0])
   parser.add_argument("--version", action="version", version=version())
   parser.add_argument("--quiet", "-q", action="store_true",
                       help="no progress bars and no library output; results and errors only")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import sys
 
@@ -87,6 +88,8 @@ def run(args: argparse.Namespace) -> int:
   hparams.update(parse_overrides(args.set))
   if args.tensorboard and args.out is None:
     raise UsageError("--tensorboard writes into the run folder: also pass --out DIR")
+  if args.tensorboard and importlib.util.find_spec("tensorboardX") is None:
+    raise UsageError("--tensorboard needs tensorboardX: pip install tensorboardX")
   if args.lr is not None:
     hparams["learning_rate"] = args.lr
 
@@ -98,11 +101,7 @@ def run(args: argparse.Namespace) -> int:
     raise UsageError(f"unknown task {args.task!r}; valid tasks: "
                      f"{', '.join(sorted(tasks.SUITE))}") from None
   steps = args.steps or spec.num_steps
-  try:
-    task = spec.make()
-  except datasets.DatasetUnavailableError as e:
-    raise UsageError(str(e)) from None
-  try:
+  try:  # the optimizer first: its errors are cheaper to find than loading the data
     tx, info = training.make_optimizer(name, num_steps=steps, checkpoint=checkpoint, **hparams)
   except optimizers.UnknownOptimizerError as e:
     raise UsageError(str(e)) from None
@@ -112,13 +111,17 @@ def run(args: argparse.Namespace) -> int:
     if type(e).__name__.endswith(("CheckpointError", "UnavailableError")):
       raise UsageError(f"optimizer {args.optimizer!r}: {e}") from None
     raise
+  try:
+    task = spec.make()
+  except datasets.DatasetUnavailableError as e:
+    raise UsageError(str(e)) from None
 
   try:
     result = training.train(task, tx, steps, seed=args.seed, eval_every=args.eval_every,
                             out_dir=args.out, progress=not args.no_progress,
                             eval_params=info.eval_params, needs_gradients=info.needs_gradients,
                             run_info=info.to_json(), tensorboard=args.tensorboard)
-  except (training.RunDirMismatchError, ImportError) as e:  # ImportError: no tensorboardX
+  except training.RunDirMismatchError as e:
     raise UsageError(str(e)) from None
   metrics = {"task": args.task, **info.to_json(), "seed": args.seed,
              **result.final_metrics(), "stopped": result.stopped}

@@ -86,6 +86,8 @@ def load_config(path: str | pathlib.Path) -> dict:
   """Imports the config (a path or a shipped name, see `resolve_config`) and returns
   `get_config()` merged over `DEFAULTS`."""
   path = resolve_config(path)
+  if path.suffix != ".py":
+    raise ConfigError(f"config {path} is not a .py file with get_config()")
   spec = importlib.util.spec_from_file_location(f"_lopt_config_{path.stem}", path)
   module = importlib.util.module_from_spec(spec)
   try:
