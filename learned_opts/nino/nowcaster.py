@@ -39,6 +39,7 @@ import numpy as np
 
 from lopt.learned_opts.nino import convert as _convert
 from lopt.learned_opts.nino.graph import NeuralGraph, build_graph
+from lopt.learned_opts.nino.layout import to_modules
 from lopt.learned_opts.nino.model import NowcasterConfig, make_model, predict_edges
 
 __all__ = ["Nowcaster", "load_nowcaster", "save_nowcaster", "OFFICIAL", "zscore", "unzscore",
@@ -91,6 +92,7 @@ class Nowcaster:
       params pytree (no ctx axis) in the dtypes of `history`.
     """
     cfg = self.config
+    history, back = to_modules(history)  # flax trees in haiku's view; restored at the end
     like = jax.tree_util.tree_map(lambda a: a[-1], history)
     if graph is None:
       graph = build_graph(jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype),
@@ -107,7 +109,7 @@ class Nowcaster:
     x = graph.flat_to_edges(z)                                       # [E, F, ctx]
     out = predict_edges(self.weights, cfg, x, graph, k)              # [E, F]
     pred = unzscore(graph.edges_to_flat(out), mean, std)             # [P]
-    return graph.unflatten(pred, like=like)
+    return back(graph.unflatten(pred, like=like))
 
 
 def _tensor_ids(graph: NeuralGraph) -> np.ndarray:
