@@ -11,7 +11,7 @@ implementation's anchor (3,100 inner steps/s, 80 s to the first step, same CPU c
 (b) a plain vmapped Adam unroll of the same tasks measured in this run (machine-load
 calibration: how close the meta-training machinery gets to bare inner training).
 
-  python benchmarks/meta_throughput.py [--steps 10] [--tasks 8] [--no-baseline]
+  python -m lopt.benchmarks.meta_throughput [--steps 10] [--tasks 8] [--no-baseline]
       [--compile-cache DIR]
 """
 

@@ -10,7 +10,7 @@ over the evaluations of the last 10% of the run (the last 10 at N=1000 with eval
 
 Usage (digits MLP 64-32-10 as the reference: batch 128, lr 1e-3, N=1000, period 100):
 
-  python benchmarks/nowcast_speedup.py \\
+  python -m lopt.benchmarks.nowcast_speedup \\
       --task digits-mlp --steps 1000 --seeds 0,1,2 --methods adam,adam+nino,adam+wnnp
 
 Batches are sampled uniformly with replacement (lopt tasks), where the reference shuffles per

@@ -21,8 +21,8 @@ so figures compare with the reference's `torch.set_num_threads(1)` numbers
 in the same run; absolute seconds are noisy on a shared machine.
 
 Usage:
-  python benchmarks/nowcast_step.py                 # all four models (a few minutes)
-  python benchmarks/nowcast_step.py --models conv_100k,mlp_100k --out nowcast_step.json
+  python -m lopt.benchmarks.nowcast_step                 # all four models (a few minutes)
+  python -m lopt.benchmarks.nowcast_step --models conv_100k,mlp_100k --out nowcast_step.json
 """
 
 from __future__ import annotations

@@ -5,9 +5,10 @@ scores of an AlgoPerf-layout folder; `lopt benchmark report --dir OUT`: redo a r
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
+
+from lopt.cli._io import emit_json, out
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -55,6 +56,8 @@ def register(sub: argparse._SubParsersAction) -> None:
   p.add_argument("--no-compile-cache", action="store_true",
                  help="do not turn on JAX's persistent compilation cache")
   p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+  p.add_argument("--no-verify", action="store_true",
+                 help="load checkpoints whose sha256 differs from the published one")
   p.add_argument("--no-progress", action="store_true")
   p.add_argument("--dir", default=None, help="score: the AlgoPerf-layout folder; report: the "
                  "benchmark folder; pool: comma-separated benchmark folders")
@@ -77,8 +80,10 @@ def run(args: argparse.Namespace) -> int:
       E.rescore(args.dir, plots=not args.no_plots)
     except E.BenchmarkError as e:
       raise UsageError(str(e)) from None
-    print(os.path.join(args.dir, "report.md"))
+    out(os.path.join(args.dir, "report.md"))
     return 0
+  from lopt.cli import check_output_dir
+  check_output_dir(args.out)
   for name in ("seeds", "workers", "steps", "eval_every", "tune_seeds", "envelope_factor"):
     v = getattr(args, name)
     if v is not None and v < 1:
@@ -115,10 +120,8 @@ def run(args: argparse.Namespace) -> int:
                    "steps_to_target_fraction": a["steps_to_target_fraction"],
                    "train_loss_speedup_iqm": a["speedup_iqm"][0]}
              for opt, a in res["aggregate"].items()}
-  from lopt.eval._jobs import to_jsonable
-  print(json.dumps(to_jsonable({"report": os.path.join(args.out, "report.md"),
-                                "excluded": res["excluded"], "failed_runs": len(res["errors"]),
-                                "summary": summary})))
+  emit_json({"report": os.path.join(args.out, "report.md"), "excluded": res["excluded"],
+             "failed_runs": len(res["errors"]), "summary": summary})
   return 1 if res["errors"] else 0
 
 
@@ -131,7 +134,7 @@ def _score(args: argparse.Namespace) -> int:
     result = scoring.score_folder(args.dir, enforce_budget=args.enforce_budget)
   except (FileNotFoundError, ValueError) as e:
     raise UsageError(str(e)) from None
-  print(json.dumps(result.scores))
+  emit_json(result.scores)
   return 0
 
 
@@ -142,6 +145,8 @@ def _pool(args: argparse.Namespace) -> int:
     raise UsageError("pool needs --dir FOLDER_A,FOLDER_B and --out NEW_FOLDER")
   if any(os.path.abspath(args.out) == os.path.abspath(f) for f in folders):
     raise UsageError("pool --out must be a new folder, not one of the pooled ones")
+  from lopt.cli import check_output_dir
+  check_output_dir(args.out)
   from lopt import eval as E
   try:
     res = E.pool(folders, args.out, plots=not args.no_plots)
@@ -149,5 +154,5 @@ def _pool(args: argparse.Namespace) -> int:
     raise UsageError(str(e)) from None
   summary = {opt: {"speedup_iqm": a["speedup_iqm"][0], "tasks": a["tasks"],
                    "hit_rate": a["hit_rate"]} for opt, a in res["aggregate"].items()}
-  print(json.dumps({"report": os.path.join(args.out, "report.md"), "summary": summary}))
+  emit_json({"report": os.path.join(args.out, "report.md"), "summary": summary})
   return 0

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 from lopt.cli import UsageError
+from lopt.cli._io import out
 
 
 def register(subparsers) -> None:
@@ -58,8 +58,8 @@ def _list(args) -> int:
     rows.append((name, info.kind, shape, classes, sizes, _availability(info, args.data_dir)))
   widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
   for r in rows:
-    print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
-  print(f"\ndata dir: {datasets.resolve_data_dir(args.data_dir)}")
+    out("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+  out(f"\ndata dir: {datasets.resolve_data_dir(args.data_dir)}")
   return 0
 
 
@@ -69,9 +69,8 @@ def _prepare(args) -> int:
     builder = datasets.prepare(args.name, data_dir=args.data_dir, manual_dir=args.manual_dir)
   except datasets.UnknownDatasetError as e:
     raise UsageError(str(e)) from None
-  except datasets.DatasetUnavailableError as e:
-    print(f"lopt datasets prepare: {e}", file=sys.stderr)
-    return 1
+  except datasets.DatasetUnavailableError as e:  # missing files or no internet: input
+    raise UsageError(str(e)) from None
   sizes = {s: v.num_examples for s, v in builder.info.splits.items()}
-  print(f"{args.name}: prepared in {builder.data_path} ({sizes})")
+  out(f"{args.name}: prepared in {builder.data_path} ({sizes})")
   return 0

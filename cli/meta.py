@@ -6,13 +6,17 @@ import argparse
 import json
 import pathlib
 
+from lopt.cli._io import out
+
 
 def register(subparsers) -> None:
   p = subparsers.add_parser(
       "meta-train", help="meta-train a learned optimizer from a config file (resumable)",
       description="Meta-trains a learned optimizer as described by a config file "
-      "(configs/<name>.py with get_config()). Rerun the same command to resume.")
-  p.add_argument("--config", required=True, help="path to a config file, e.g. configs/meta_smoke.py")
+      "(a shipped name such as lopt_fc_v2, or a .py file with get_config()). Rerun the same command to resume.")
+  p.add_argument("--config", required=True,
+                 help="a shipped config by name (meta_smoke, lopt_fc_v2, ...) or a path to a "
+                 "config file with get_config()")
   p.add_argument("--workdir", required=True, help="run directory (metrics, checkpoints, theta)")
   p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
                  help="override a config value, e.g. --set outer.learning_rate=1e-3 (repeatable)")
@@ -51,10 +55,13 @@ def _main(args: argparse.Namespace) -> int:
   from lopt.cli import UsageError
   from lopt.meta import distributed
   from lopt.meta import ConfigError, apply_overrides, load_config
+  from lopt.cli import check_output_dir
+  check_output_dir(args.workdir, "--workdir")
   try:
     cfg = apply_overrides(load_config(args.config), args.overrides)
   except ConfigError as e:
     raise UsageError(str(e)) from None
+  _check_overrides(load_config(args.config), cfg, args.overrides)
   if args.distributed:
     distributed.initialize(args.coordinator, args.num_processes, args.process_id)
   from lopt.meta import enable_compile_cache, meta_train
@@ -65,7 +72,7 @@ def _main(args: argparse.Namespace) -> int:
   except ConfigError as e:
     raise UsageError(str(e)) from None
   if summary.get("theta"):
-    print(f"meta-trained {summary['step']} outer steps ({summary['skipped']} skipped); "
+    out(f"meta-trained {summary['step']} outer steps ({summary['skipped']} skipped); "
           f"theta saved to {summary['theta']}")
   return 0
 
@@ -111,3 +118,25 @@ def _select(args: argparse.Namespace) -> int:
   print((pathlib.Path(args.out) / "selection.md").read_text(), end="")
   print(f"chosen: {result['chosen']}")
   return 0
+
+
+def _check_overrides(before: dict, after: dict, overrides: list[str]) -> None:
+  """`--set` keys must exist in the config and keep a number a number: caught here, not as
+  a traceback from inside the meta-training loop."""
+  from lopt.cli import UsageError
+  for item in overrides:
+    key = item.split("=", 1)[0].strip()
+    old, new = before, after
+    for part in key.split("."):
+      if isinstance(old, dict) and part in old:
+        old, new = old[part], new[part]
+      elif isinstance(old, list) and part.isdigit() and int(part) < len(old):
+        old, new = old[int(part)], new[int(part)]
+      elif ".hparams." in f".{key}." or key.startswith("hparams."):
+        old = None  # a component's hparams take keys the config need not list
+        break
+      else:
+        raise UsageError(f"--set {item}: the config has no key {key!r}")
+    number = lambda x: isinstance(x, (int, float)) and not isinstance(x, bool)
+    if number(old) and not number(new):
+      raise UsageError(f"--set {item}: {key} must be a number, got {new!r}")

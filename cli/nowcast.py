@@ -6,6 +6,8 @@ import argparse
 import json
 import pathlib
 
+from lopt.cli._io import emit_json
+
 
 def register(sub: argparse._SubParsersAction) -> None:
   p = sub.add_parser("nowcast", help="record trajectories and fit nowcasters (NiNo, WNN+)",
@@ -52,6 +54,8 @@ def run_record(args: argparse.Namespace) -> int:
   if not args.lr > 0:
     raise UsageError(f"--lr must be > 0, got {args.lr}")
   seeds = _ints(args.seeds, "--seeds")
+  from lopt.cli import check_output_dir
+  check_output_dir(args.out)
   from lopt import tasks
   from lopt.tasks import datasets
   from lopt.training import trajectories
@@ -90,17 +94,19 @@ def run_record(args: argparse.Namespace) -> int:
               "final_train_loss": traj.meta["train_loss"][-1] if traj.meta["train_loss"] else None}
       with open(out / "index.jsonl", "a") as fh:
         fh.write(json.dumps(line) + "\n")
-      print(json.dumps(line))
+      emit_json(line)
   return 0
 
 
 def run_fit(args: argparse.Namespace) -> int:
   from lopt.cli import UsageError
+  from lopt.cli import check_output_dir
   from lopt.cli.train import parse_overrides
   from lopt.meta import nowcast_fit
+  check_output_dir(args.out)
   try:
     config = nowcast_fit.load_config(args.config, parse_overrides(args.set))
-  except (ValueError, FileNotFoundError, ModuleNotFoundError) as e:
+  except (ValueError, TypeError, FileNotFoundError, ModuleNotFoundError) as e:
     raise UsageError(str(e)) from None
   data = pathlib.Path(args.data)
   if not data.is_dir():
@@ -110,5 +116,5 @@ def run_fit(args: argparse.Namespace) -> int:
     result = nowcast_fit.fit(config, data, args.out, progress=not args.no_progress)
   except nowcast_fit.NoTrajectoriesError as e:
     raise UsageError(str(e)) from None
-  print(json.dumps(result))
+  emit_json(result)
   return 0

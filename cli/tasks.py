@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import json
+
+from lopt.cli._io import emit_json, out, to_json
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -49,14 +50,14 @@ def run(args: argparse.Namespace) -> int:
   if args.families:
     for name in tasks.FAMILIES:
       fast = " (meta-training throughput benchmark)" if name in tasks.FAST_MLP_FAMILIES else ""
-      print(json.dumps({"family": name}) if args.json else f"{name}{fast}")
+      out(to_json({"family": name}) if args.json else f"{name}{fast}")
     return 0
   if args.split is not None and args.split not in tasks.SUITE_SPLITS:
     raise UsageError(f"unknown split {args.split!r}; valid: {', '.join(tasks.SUITE_SPLITS)}")
   items = rows(args.split, args.demo, args.paper)
   if args.json:
     for r in items:
-      print(json.dumps(r))
+      emit_json(r)
   else:
-    print(_table(items))
+    out(_table(items))
   return 0

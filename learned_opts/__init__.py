@@ -69,14 +69,15 @@ def __getattr__(name: str) -> Any:
 
 
 def load(name: str, *, path: str | os.PathLike | None = None, num_steps: int | None = None,
-         **options: Any) -> optax.GradientTransformationExtraArgs:
+         verify: bool | None = None, **options: Any) -> optax.GradientTransformationExtraArgs:
   """The optax transform of a learned optimizer, in one line.
 
   `name` is a pretrained checkpoint ("celo", "celo-adam", "velo", "lopt-fc-v1"; `path`
   then overrides where its file is) or an architecture from `REGISTRY` with `path` pointing
   at its theta (a self-describing orbax directory, or a VeLO/Celo msgpack file).
   `options` go to `lopt.make` (e.g. VeLO's); `num_steps` is the training horizon
-  (required by VeLO and Celo). Every built-in rule skips a step with a non-finite gradient
+  (required by VeLO and Celo). A file with a published hash is verified wherever it is
+  found (`verify=False` or `$LOPT_NO_VERIFY` for your own theta). Every built-in rule skips a step with a non-finite gradient
   or loss (zero update, state unchanged); wrap other transforms in `skip_nonfinite`.
 
   Example:
@@ -87,7 +88,7 @@ def load(name: str, *, path: str | os.PathLike | None = None, num_steps: int | N
   pretrained_name = name.replace("_", "-")
   if name in PRETRAINED or pretrained_name in PRETRAINED:
     lopt, theta = pretrained(pretrained_name if pretrained_name in PRETRAINED else name,
-                             path=path)
+                             path=path, verify=verify)
   elif name in REGISTRY:
     if path is not None:
       lopt, theta = load_optimizer(path, architecture=name)

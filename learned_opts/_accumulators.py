@@ -50,14 +50,17 @@ def rms_update(v: jax.Array, g: jax.Array, decays: jax.Array) -> jax.Array:
 
 
 class FactoredLeaf(NamedTuple):
-  """One leaf's factored accumulator; unused fields are empty `[k, 0]` arrays."""
-  v_row: jax.Array   # [k, *shape without d0] or [k, 0]
-  v_col: jax.Array   # [k, *shape without d1] or [k, 0]
-  v_diag: jax.Array  # [k, *shape] (rank < 2) or [k, 0]
+  """One leaf's factored accumulator; unused fields hold a `[1]` placeholder (never read).
+
+  Not `[k, 0]`: orbax (and other checkpointers) refuse zero-size arrays, so a state with
+  them could not be saved with `ocp.StandardCheckpointer`."""
+  v_row: jax.Array   # [k, *shape without d0] or [1]
+  v_col: jax.Array   # [k, *shape without d1] or [1]
+  v_diag: jax.Array  # [k, *shape] (rank < 2) or [1]
 
 
 def fac_init(p: jax.Array, k: int) -> FactoredLeaf:
-  empty = lambda: jnp.zeros((k, 0), jnp.float32)  # distinct buffers, so state can be donated
+  empty = lambda: jnp.zeros((1,), jnp.float32)  # distinct buffers, so state can be donated
   fd = factored_dims(p.shape)
   if fd is None:
     return FactoredLeaf(empty(), empty(), jnp.zeros((k,) + p.shape, jnp.float32))

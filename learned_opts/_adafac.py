@@ -22,6 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from lopt.learned_opts._loss import scalar_loss
+
 from lopt.learned_opts._guard import all_finite
 
 from lopt.learned_opts import _accumulators as acc
@@ -93,7 +95,7 @@ class AdafacMLP:
       if params is None:
         raise ValueError("AdafacMLP needs params: call update(grads, state, params).")
       # Non-finite guard (as `skip_nonfinite`), applied inside the per-leaf fusions.
-      ok = all_finite(grads, extra.get("loss"))
+      ok = all_finite(grads, scalar_loss("AdafacMLP", extra.get("loss"), extra))
       nn = theta["nn"]["~"]
       mom_d = acc.decays_from_offsets(self.momentum_decays, theta["momentum_decays"])
       rms_d = acc.decays_from_offsets(self.rms_decays, theta["rms_decays"])

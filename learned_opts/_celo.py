@@ -26,6 +26,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from lopt.learned_opts._loss import scalar_loss
+
 from lopt.learned_opts._guard import all_finite
 
 from lopt.learned_opts import _accumulators as acc
@@ -80,8 +82,8 @@ class Celo:
       return _hyper.init_state(spec, theta, params, num_steps)
 
     def update_fn(grads, state, params=None, *, loss=None, **extra):
-      del extra
-      if params is None or loss is None:
+      loss = scalar_loss("Celo", loss, extra, required=True)
+      if params is None:
         raise ValueError("Celo needs params and the current loss: "
                          "update(grads, state, params, loss=loss).")
       return _hyper.update(spec, theta, decays, num_steps, grads, state, params, loss)
@@ -136,9 +138,8 @@ class CeloAdam:
                            999999999999.0 * jnp.ones([10], jnp.float32))
 
     def update_fn(grads, state, params=None, *, loss=None, **extra):
-      del params, extra
-      if loss is None:
-        raise ValueError("CeloAdam needs the current loss: update(grads, state, params, loss=loss).")
+      del params
+      loss = scalar_loss("CeloAdam", loss, extra, required=True)
       loss = jnp.asarray(loss, jnp.float32)
       ok = all_finite(grads, loss)   # else: zero update, state unchanged
       keep = lambda new, old: jnp.where(ok, new, old)

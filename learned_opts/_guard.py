@@ -8,6 +8,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from lopt.learned_opts._loss import scalar_loss
+
 
 def all_finite(grads: Any, loss: Any = None) -> jax.Array:
   """True (a bool scalar) when every gradient entry and the loss (if given) are finite."""
@@ -31,7 +33,7 @@ def skip_nonfinite(opt: optax.GradientTransformation) -> optax.GradientTransform
   inner = optax.with_extra_args_support(opt)
 
   def update(updates, state, params=None, **extra):
-    ok = all_finite(updates, extra.get("loss"))
+    ok = all_finite(updates, scalar_loss("skip_nonfinite", extra.get("loss"), extra))
     new_updates, new_state = inner.update(updates, state, params, **extra)
     new_updates = jax.tree.map(lambda u: jnp.where(ok, u, jnp.zeros_like(u)), new_updates)
     new_state = jax.tree.map(lambda a, b: jnp.where(ok, a, b), new_state, state)

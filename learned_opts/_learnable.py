@@ -14,6 +14,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from lopt.learned_opts._loss import scalar_loss
+
 from lopt.learned_opts import _nets
 
 
@@ -81,7 +83,7 @@ class LearnableAdam:
                                 jnp.zeros([], jnp.int32))
 
     def update_fn(grads, state, params=None, **extra):
-      del extra
+      scalar_loss(type(self).__name__, extra.get("loss"), extra)  # checked, unused
       g32 = _nets.f32(grads)
       mu = jax.tree.map(lambda m, g: b1 * m + (1 - b1) * g, state.mu, g32)
       nu = jax.tree.map(lambda v, g: b2 * v + (1 - b2) * g * g, state.nu, g32)
@@ -131,7 +133,7 @@ class LearnableSGDM:
                                 jnp.zeros([], jnp.int32))
 
     def update_fn(grads, state, params=None, **extra):
-      del extra
+      scalar_loss(type(self).__name__, extra.get("loss"), extra)  # checked, unused
       trace = jax.tree.map(lambda t, g: mom * t + g, state.trace, _nets.f32(grads))
       updates = jax.tree.map(lambda t: -lr * t, trace)
       return _finite_guard(grads, LearnableSGDMState(trace, state.count + 1), state, updates,

@@ -17,6 +17,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from lopt.learned_opts._loss import scalar_loss
+
 from lopt.learned_opts import _nets
 
 _DECAYS = (0.1, 0.5, 0.9, 0.99, 0.999, 0.9999)
@@ -69,7 +71,7 @@ class MLPLOpt:
       return MLPLOptState(mom=mom, iteration=jnp.zeros([], jnp.int32))
 
     def update_fn(grads, state, params=None, **extra):
-      del extra  # the loss is not a feature of this architecture
+      scalar_loss("MLPLOpt", extra.get("loss"), extra)  # checked, not a feature here
       _nets.require_params(params, "MLPLOpt")
       g32 = _nets.f32(grads)
       mom = jax.tree.map(lambda m, g: _nets.rolling_moments(m, g, decays), state.mom, g32)

@@ -25,6 +25,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from lopt.learned_opts._loss import scalar_loss
+
 from lopt.learned_opts import _nets
 
 _TENSOR_FEATURES = 18
@@ -196,11 +198,8 @@ class RNNMLP:
       return jnp.concatenate([x, jnp.broadcast_to(tiled, (n,) + tiled.shape)], axis=1)
 
     def update_fn(grads, state, params=None, *, loss=None, **extra):
-      del extra
       _nets.require_params(params, "RNNMLP")
-      if loss is None:
-        raise ValueError("RNNMLP: update() needs the current loss: opt.update(grads, state, "
-                         "params, loss=loss)")
+      loss = scalar_loss("RNNMLP", loss, extra, required=True)
       loss = jnp.asarray(loss, jnp.float32)
       g32, p32 = _nets.f32(grads), _nets.f32(params)
       leaves_p, treedef = jax.tree.flatten(p32)

@@ -29,6 +29,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from lopt.learned_opts._loss import scalar_loss
+
 
 from lopt.learned_opts import _accumulators as acc
 from lopt.learned_opts import _hyper
@@ -53,7 +55,9 @@ def accumulate(inner: optax.GradientTransformationExtraArgs, every: int
     return AccumulateState(inner.init(params), jax.tree_util.tree_map(jnp.zeros_like, params),
                            jnp.zeros([], jnp.float32), jnp.zeros([], jnp.int32))
 
-  def update_fn(grads, state, params=None, *, loss, **extra):
+  def update_fn(grads, state, params=None, *, loss=None, **extra):
+    loss = scalar_loss("VeLO", loss, extra, required=True)
+    extra.pop("value", None)
     gsum = jax.tree_util.tree_map(jnp.add, state.grad_sum, grads)
     lsum = state.loss_sum + loss
     step = state.mini_step + 1
@@ -128,8 +132,8 @@ class VeLO:
       return _hyper.init_state(spec, theta, params, num_steps)
 
     def update_fn(grads, state, params=None, *, loss=None, **extra):
-      del extra
-      if params is None or loss is None:
+      loss = scalar_loss("VeLO", loss, extra, required=True)
+      if params is None:
         raise ValueError("VeLO needs params and the current loss: "
                          "update(grads, state, params, loss=loss).")
       return _hyper.update(spec, theta, decays, num_steps, grads, state, params, loss)

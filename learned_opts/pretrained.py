@@ -2,13 +2,22 @@
 
 `pretrained("celo")` returns `(lopt, theta)`. Where the file is looked for, in order:
 
-1. an explicit `path=` (a file or a checkpoint directory; not hash-checked, only shape-checked);
-2. `$LOPT_CHECKPOINT_DIR/<name>/<filename>`;
-3. the user cache `${XDG_CACHE_HOME:-~/.cache}/lopt/checkpoints/<name>/<filename>`;
+1. an explicit `path=` (a file or a checkpoint directory);
+2. `$LOPT_CHECKPOINT_DIR/<name>/<filename>`, or the file under the name it is distributed
+   as (e.g. `$LOPT_CHECKPOINT_DIR/celo/celo_theta.state`, see `CheckpointInfo.alt_paths`);
+3. the user cache `${XDG_CACHE_HOME:-~/.cache}/lopt/checkpoints/<name>/<filename>`
+   (`lopt pretrained add NAME FILE` puts a file there after checking it);
 4. package data `lopt/learned_opts/checkpoints/<name>/` (bundled with lopt);
 5. a download of the official URL into the user cache, when online and unless
    `LOPT_OFFLINE=1`; the file is verified (sha256, or size where no hash is published) and
    moved into place atomically.
+
+Wherever a file comes from, when its checkpoint has a published sha256 (or size) the file
+is verified, and a mismatch raises `CheckpointIntegrityError`: a corrupted download or a
+few flipped bytes would otherwise train silently to a different result. Your own
+meta-trained theta of the same architecture is not the published file: load it with
+`verify=False` (`--no-verify` in the CLI, or `LOPT_NO_VERIFY=1`), or by architecture name
+(`lo.load("celo", ...)` vs `lo.load_optimizer(path, architecture="celo")`).
 
 Offline, `CheckpointUnavailableError` says where to put the file.
 
@@ -35,7 +44,8 @@ from lopt.learned_opts import checkpoint_io
 
 __all__ = ["CheckpointInfo", "PRETRAINED", "CheckpointUnavailableError",
            "CheckpointIntegrityError", "pretrained", "resolve_checkpoint", "find_local",
-           "cache_dir", "bundled_dir", "info", "available"]
+           "cache_dir", "bundled_dir", "info", "available", "add", "verify_file",
+           "verification_on"]
 
 DOWNLOAD_TIMEOUT_S = 15.0
 
@@ -62,6 +72,7 @@ class CheckpointInfo:
   url: str | None
   licence: str
   description: str
+  alt_paths: tuple[str, ...] = ()  # other places under a root, as the file is distributed
 
   def to_json(self) -> dict[str, Any]:
     return dataclasses.asdict(self)
@@ -75,14 +86,17 @@ PRETRAINED: dict[str, CheckpointInfo] = {
         sha256="35683c6123069c101d62ec1f8b2e6d70d50a43e67ebe09953b27620a7dcb836b",
         size=149_216, url=f"{_CELO_RAW}/celo/theta.state", licence="MIT (amoudgl/celo)",
         description="Celo (Moudgil et al., TMLR 2025): learned MLP update + learned LSTM "
-                    "scheduler, 37,089 meta-parameters; the AlgoPerf submission theta."),
+                    "scheduler, 37,089 meta-parameters; the AlgoPerf submission theta.",
+        alt_paths=("celo/celo_theta.state", "celo_theta.state")),
     "celo-adam": CheckpointInfo(
         name="celo-adam", architecture="celo_adam", hparams={}, filename="theta.state",
         format="celo",
         sha256="99c65fa0218a739c32eac4e8a99523b6fed92e2926d0c5d64e83835637b75d38",
         size=147_803, url=f"{_CELO_RAW}/celo_adam/theta.state", licence="MIT (amoudgl/celo)",
         description="Celo-Adam: Adam update with Celo's learned LSTM scheduler, 36,865 "
-                    "meta-parameters."),
+                    "meta-parameters.",
+        alt_paths=("celo-adam/celo_adam_theta.state", "celo/celo_adam_theta.state",
+                   "celo_adam_theta.state")),
     "velo": CheckpointInfo(
         name="velo", architecture="velo",
         hparams={"lstm_hidden_size": 512, "param_inits": 256},
@@ -156,21 +170,28 @@ def _sha256(path: pathlib.Path) -> str:
   return h.hexdigest()
 
 
-def verify(path: pathlib.Path, ci: CheckpointInfo) -> None:
+def verification_on(verify: bool | None = None) -> bool:
+  """`verify`, or (None) on unless `$LOPT_NO_VERIFY` is set (what `--no-verify` sets)."""
+  if verify is not None:
+    return bool(verify)
+  return os.environ.get("LOPT_NO_VERIFY", "").lower() in ("", "0", "false", "no")
+
+
+def verify_file(path: pathlib.Path, ci: CheckpointInfo, *, hint: str = "") -> None:
   """Checks the published size and sha256 of a single-file checkpoint."""
-  if ci.format == "orbax":
+  if ci.format == "orbax" or path.is_dir():
     return
   size = path.stat().st_size
   if ci.size is not None and size != ci.size:
     raise CheckpointIntegrityError(
         f"{path}: {size:,} bytes, but {ci.name!r} is {ci.size:,} bytes (a partial download or "
-        f"another file?). Delete it and fetch it again from {ci.url}")
+        f"another file?). Delete it and fetch it again from {ci.url}{hint}")
   if ci.sha256 is not None:
     digest = _sha256(path)
     if digest != ci.sha256:
       raise CheckpointIntegrityError(
           f"{path}: sha256 {digest}, but {ci.name!r} has sha256 {ci.sha256}. Delete it and "
-          f"fetch it again from {ci.url}")
+          f"fetch it again from {ci.url}{hint}")
 
 
 def _search_roots() -> list[tuple[str, pathlib.Path]]:
@@ -187,9 +208,9 @@ def find_local(name: str) -> tuple[str, pathlib.Path] | None:
   """`(where, path)` of the first local copy of `name` (no download, no hash check)."""
   ci = info(name)
   for where, root in _search_roots():
-    path = _target(root, ci)
-    if _present(path, ci):
-      return where, path
+    for path in [_target(root, ci)] + [root / alt for alt in ci.alt_paths]:
+      if _present(path, ci):
+        return where, path
   return None
 
 
@@ -214,7 +235,7 @@ def _download(ci: CheckpointInfo, dest: pathlib.Path) -> pathlib.Path:
     with os.fdopen(fd, "wb") as out, urllib.request.urlopen(
         ci.url, timeout=DOWNLOAD_TIMEOUT_S) as resp:
       shutil.copyfileobj(resp, out, 1 << 20)
-    verify(pathlib.Path(tmp), ci)
+    verify_file(pathlib.Path(tmp), ci)
     os.replace(tmp, dest)
   except BaseException:
     if os.path.exists(tmp):
@@ -223,8 +244,39 @@ def _download(ci: CheckpointInfo, dest: pathlib.Path) -> pathlib.Path:
   return dest
 
 
+def add(name: str, file: str | os.PathLike) -> pathlib.Path:
+  """Copies an official checkpoint file into the user cache after checking its hash.
+
+  Example: `add("celo", "../shared/pretrained/celo/celo_theta.state")`; from then on
+  `pretrained("celo")` finds it offline. Raises CheckpointIntegrityError on a mismatch.
+  """
+  ci = info(name)
+  src = pathlib.Path(file).expanduser()
+  if ci.format == "orbax" or not src.is_file():
+    raise FileNotFoundError(f"{src}: not a file" if ci.format != "orbax" else
+                            f"{ci.name!r} is bundled with lopt; nothing to add")
+  if ci.sha256 is None and ci.size is None:
+    raise CheckpointIntegrityError(f"{ci.name!r} has no published hash or size to check")
+  verify_file(src, ci)
+  dest = _target(cache_dir(), ci)
+  dest.parent.mkdir(parents=True, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+  os.close(fd)
+  try:
+    shutil.copyfile(src, tmp)
+    os.replace(tmp, dest)
+  finally:
+    if os.path.exists(tmp):
+      os.unlink(tmp)
+  return dest
+
+
+_OWN_FILE_HINT = (" (if this is your own theta for this architecture, pass --no-verify or "
+                  "verify=False)")
+
+
 def resolve_checkpoint(name: str, path: str | os.PathLike | None = None, *,
-                       download: bool = True) -> pathlib.Path:
+                       download: bool = True, verify: bool | None = None) -> pathlib.Path:
   """The local path of checkpoint `name`, downloading it if needed (see the module doc).
 
   Raises:
@@ -234,16 +286,20 @@ def resolve_checkpoint(name: str, path: str | os.PathLike | None = None, *,
       gives the URL and the exact paths to put the file at.
   """
   ci = info(name)
+  check = verification_on(verify)
   if path is not None:
     path = pathlib.Path(path).expanduser()
     if not path.exists():
       raise FileNotFoundError(f"{path}: no such file or directory (checkpoint {ci.name!r})")
     if path.is_dir() and ci.filename and (path / ci.filename).is_file():
-      return path / ci.filename
+      path = path / ci.filename
+    if check:
+      verify_file(path, ci, hint=_OWN_FILE_HINT)
     return path
   found = find_local(ci.name)
   if found is not None:
-    verify(found[1], ci)
+    if check:
+      verify_file(found[1], ci, hint=_OWN_FILE_HINT)
     return found[1]
   offline = os.environ.get("LOPT_OFFLINE", "").lower() not in ("", "0", "false", "no")
   if ci.url is None:
@@ -264,8 +320,8 @@ def resolve_checkpoint(name: str, path: str | os.PathLike | None = None, *,
         f"offline? Download it elsewhere and put it at {_where_to_put(ci)}") from e
 
 
-def pretrained(name: str, *, path: str | os.PathLike | None = None, download: bool = True
-               ) -> tuple[Any, Any]:
+def pretrained(name: str, *, path: str | os.PathLike | None = None, download: bool = True,
+               verify: bool | None = None) -> tuple[Any, Any]:
   """`(lopt, theta)` for a known checkpoint, e.g. `lopt, theta = pretrained("celo")`.
 
   The theta is checked against the architecture's shapes; for orbax checkpoints the
@@ -273,9 +329,12 @@ def pretrained(name: str, *, path: str | os.PathLike | None = None, download: bo
   """
   from lopt.learned_opts import registry
   ci = info(name)
-  file = resolve_checkpoint(ci.name, path, download=download)
+  file = resolve_checkpoint(ci.name, path, download=download, verify=verify)
   if file.is_dir() and (file / checkpoint_io.LOPT_JSON).exists():
     return checkpoint_io.load_optimizer(file)
   lopt = registry.get(ci.architecture, **ci.hparams)
   fmt = None if path is not None else ci.format
   return lopt, checkpoint_io.load_theta(file, fmt, lopt=lopt)
+
+
+verify = verify_file  # the name before `resolve_checkpoint(..., verify=)` existed

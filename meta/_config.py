@@ -59,17 +59,47 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
+def config_names() -> list[str]:
+  """The configs shipped in `lopt.configs` (addressable by name)."""
+  root = pathlib.Path(importlib.util.find_spec("lopt.configs").origin).parent
+  return sorted(p.stem for p in root.glob("*.py") if not p.stem.startswith("_"))
+
+
+def resolve_config(name_or_path: str | pathlib.Path) -> pathlib.Path:
+  """A config file from a path, or a shipped config from a name: `lopt_fc_v2`,
+  `lopt.configs.lopt_fc_v2` or `configs/lopt_fc_v2.py` (when no such file is here, e.g.
+  outside a clone)."""
+  path = pathlib.Path(name_or_path)
+  if path.is_file():
+    return path
+  stem = str(name_or_path)
+  stem = stem[len("lopt.configs."):] if stem.startswith("lopt.configs.") else stem
+  if path.suffix == ".py" and path.parent.name == "configs":
+    stem = path.stem
+  if stem in config_names():
+    return pathlib.Path(importlib.util.find_spec("lopt.configs").origin).parent / f"{stem}.py"
+  raise ConfigError(f"no config {str(name_or_path)!r}: not a file, and not a shipped config "
+                    f"({', '.join(config_names())})")
+
+
 def load_config(path: str | pathlib.Path) -> dict:
-  """Imports `path` and returns `get_config()` merged over `DEFAULTS`."""
-  path = pathlib.Path(path)
-  if not path.is_file():
-    raise ConfigError(f"config file {path} does not exist; pass e.g. configs/meta_smoke.py")
+  """Imports the config (a path or a shipped name, see `resolve_config`) and returns
+  `get_config()` merged over `DEFAULTS`."""
+  path = resolve_config(path)
+  if path.suffix != ".py":
+    raise ConfigError(f"config {path} is not a .py file with get_config()")
   spec = importlib.util.spec_from_file_location(f"_lopt_config_{path.stem}", path)
   module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
+  try:
+    spec.loader.exec_module(module)
+  except Exception as e:  # noqa: BLE001 - a user's file: report, do not crash
+    raise ConfigError(f"{path} could not be imported: {type(e).__name__}: {e}") from None
   if not hasattr(module, "get_config"):
     raise ConfigError(f"{path} defines no get_config(); it must return a dict")
-  cfg = module.get_config()
+  try:
+    cfg = module.get_config()
+  except Exception as e:  # noqa: BLE001
+    raise ConfigError(f"{path}: get_config() failed: {type(e).__name__}: {e}") from None
   if not isinstance(cfg, dict):
     raise ConfigError(f"{path}: get_config() returned {type(cfg).__name__}, expected a dict")
   merged = copy.deepcopy(DEFAULTS)

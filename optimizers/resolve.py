@@ -11,6 +11,7 @@ implementing `lopt.training.StepHooks`.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from typing import Any, Callable
 
 import optax
@@ -82,6 +83,7 @@ def make_optimizer(spec: str, *, num_steps: int | None = None, checkpoint: str |
     if checkpoint is not None:
       raise ValueError(f"{spec!r} is a hand-designed optimizer: it takes no --checkpoint")
     base = _baselines.BASELINES[spec]
+    _check_baseline_hparams(spec, base, hparams)
     tx = _baselines.get(spec, num_steps=num_steps, **hparams)
     return tx, OptimizerInfo(spec, "baseline", {**base.defaults, **hparams},
                              uses_num_steps=base.needs_num_steps, eval_params=base.eval_params)
@@ -90,12 +92,35 @@ def make_optimizer(spec: str, *, num_steps: int | None = None, checkpoint: str |
     if "learning_rate" in hparams:
       raise ValueError(f"{spec!r} is a learned optimizer: it takes no learning rate")
     # `load` finds pretrained weights (or `checkpoint`) and says what is missing otherwise.
-    tx = learned_opts.load(spec, path=checkpoint, num_steps=num_steps, **hparams)
+    try:
+      tx = learned_opts.load(spec, path=checkpoint, num_steps=num_steps, **hparams)
+    except TypeError as e:  # `make` got options it does not take
+      raise ValueError(str(e)) from None
     return tx, OptimizerInfo(spec, "learned", dict(hparams), uses_num_steps=num_steps is not None,
                              checkpoint=None if checkpoint is None else str(checkpoint))
   raise _baselines.UnknownOptimizerError(
       f"unknown optimizer {spec!r}; valid names: {', '.join(known_names())} "
       "(and base+nowcaster forms such as adam+nino)")
+
+
+def _check_baseline_hparams(name: str, base: Any, hparams: dict) -> None:
+  """Unknown names and non-numbers for numeric hyperparameters fail here, with the valid
+  names, rather than as a TypeError deep inside optax or XLA at the first step."""
+  params = inspect.signature(base.make).parameters
+  known = {k for k, p in params.items()
+           if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and k != "num_steps"}
+  if not any(p.kind == p.VAR_KEYWORD for p in params.values()):
+    unknown = sorted(set(hparams) - known)
+    if unknown:
+      raise ValueError(f"{name!r} has no hyperparameter {', '.join(unknown)}; valid: "
+                       f"{', '.join(sorted(known))}")
+  for key, value in hparams.items():
+    default = base.defaults.get(key, params[key].default if key in params else None)
+    numeric = default is None or (isinstance(default, (int, float))
+                                  and not isinstance(default, bool))
+    if numeric and (isinstance(value, bool) or not isinstance(value, (int, float))) \
+        and not (default is None and value is None):
+      raise ValueError(f"{key} must be a number, got {value!r}")
 
 
 def _make_nowcast(spec, base_spec, nowcaster, *, num_steps, checkpoint, period=None, **hparams):

@@ -32,7 +32,6 @@ PURE_NUMPY = ("eval/metrics.py", "eval/scoring.py")
 KNOWN = {
     ("eval/_vectorised.py", "training._loop"),             # vectorised runs reuse the loop
     ("analysis/_runs.py", "training._loop"),
-    ("cli/benchmark.py", "eval._jobs"),
     ("benchmarks/benchmark_throughput.py", "eval._tuning"),
 }
 

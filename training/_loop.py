@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import sys
 import time
 from typing import Any, Callable, NamedTuple
 
@@ -181,7 +182,8 @@ def train(task: Task, optimizer: optax.GradientTransformation, num_steps: int, *
           eval_params: Callable[[Any, Any], Any] | None = None,
           needs_gradients: Callable[[Any], Array] | None = None,
           hooks: StepHooks | None = None,
-          params: Any = None, run_info: dict | None = None) -> TrainResult:
+          params: Any = None, run_info: dict | None = None,
+          tensorboard: bool = False) -> TrainResult:
   """Trains `task` with `optimizer` for `num_steps` steps.
 
   Args:
@@ -210,6 +212,7 @@ def train(task: Task, optimizer: optax.GradientTransformation, num_steps: int, *
       (nowcasting steps).
     params: initial parameters (default: `task.init(PRNGKey(seed))`).
     run_info: extra JSON-able facts to store in `result.json` (optimizer name, hparams).
+    tensorboard: also write TensorBoard events to `out_dir/tb` (needs tensorboardX).
 
   Returns:
     A `TrainResult`. A non-finite loss stops the run: `stopped` says at which step, and the
@@ -249,7 +252,8 @@ def train(task: Task, optimizer: optax.GradientTransformation, num_steps: int, *
   run = None
   start_eval = 0
   if out_dir is not None:
-    run = _run_dir.RunDir(out_dir, checkpoint_every=checkpoint_every, eval_every=eval_every)
+    run = _run_dir.RunDir(out_dir, checkpoint_every=checkpoint_every, eval_every=eval_every,
+                          tensorboard=tensorboard)
     config = {"task": task.name, "num_steps": int(num_steps), "seed": int(seed),
               "eval_every": eval_every, "eval_split": eval_split, **(run_info or {})}
     if data_seed is not None:  # only then, so existing run dirs still match
@@ -258,6 +262,8 @@ def train(task: Task, optimizer: optax.GradientTransformation, num_steps: int, *
     restored = run.restore(carry, history)
     if restored is not None:
       carry, history, start_eval = restored
+      print(f"{task.name}: resuming from step {eval_steps[start_eval]} of {num_steps} "
+            f"({out_dir})", file=sys.stderr)
 
   if hooks is not None and needs_gradients is None:
     needs_gradients = hooks.needs_gradients

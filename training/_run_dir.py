@@ -1,8 +1,10 @@
 """A training run directory: metrics JSONL, orbax checkpoints, result JSON and a loss plot.
 
 Layout of `out_dir`:
-  run.json         what was run (task, steps, seed, optimizer); a resume must match it
-  metrics.jsonl    one JSON line per evaluation
+  run.json         what was run (task, steps, seed, optimizer; a resume must match it),
+                   plus provenance (lopt/jax/optax versions, device, command line)
+  metrics.jsonl    one JSON line per evaluation, with the chunk's per-step train losses
+  tb/              TensorBoard events (with `tensorboard=True`; needs tensorboardX)
   checkpoints/     orbax CheckpointManager (keeps the last 2; atomic)
   result.json      final metrics (written last)
   loss_curve.png   train (smoothed) and validation loss against steps
@@ -13,6 +15,8 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import platform
+import sys
 from typing import Any
 
 import numpy as np
@@ -27,8 +31,17 @@ class RunDirMismatchError(ValueError):
 class RunDir:
   """Owns the files of one run directory (see the module docstring)."""
 
-  def __init__(self, path: str | os.PathLike, *, checkpoint_every: int | None, eval_every: int):
+  def __init__(self, path: str | os.PathLike, *, checkpoint_every: int | None, eval_every: int,
+               tensorboard: bool = False):
     self.path = pathlib.Path(path)
+    self._tb = None
+    if tensorboard:
+      try:
+        from tensorboardX import SummaryWriter
+      except ImportError:
+        raise ImportError("tensorboard=True needs tensorboardX: pip install tensorboardX "
+                          "(or lopt[tensorboard])") from None
+      self._tb_class = SummaryWriter
     every = checkpoint_every or eval_every
     # Checkpoints happen at eval boundaries: round up to a multiple of eval_every.
     self.save_every_evals = max(1, -(-every // eval_every))
@@ -50,7 +63,9 @@ class RunDir:
       return
     self.path.mkdir(parents=True, exist_ok=True)
     tmp = f.with_suffix(".tmp")
-    tmp.write_text(json.dumps(config, indent=1, sort_keys=True))
+    # Provenance is recorded, not compared: a resume on an upgraded install is allowed.
+    tmp.write_text(json.dumps({**config, "provenance": provenance()}, indent=1,
+                              sort_keys=True))
     tmp.replace(f)
 
   @property
@@ -98,15 +113,29 @@ class RunDir:
     prev = int(history["eval_step"][i - 1]) if i > 0 else 0
     train = history["train_loss"][prev:step]
     return {"step": step,
-            "train_loss": float(np.mean(train)) if len(train) else None,
+            "train_loss": _num(np.mean(train)) if len(train) else None,
             "valid_loss": _num(history["valid_loss"][i]),
             "valid_accuracy": _num(history["valid_accuracy"][i]),
-            "wall_time": _num(history["wall_time"][i])}
+            "wall_time": _num(history["wall_time"][i]),
+            # the loss of each step prev+1 .. step (the chunk this row closes)
+            "train_loss_per_step": [_num(x) for x in train]}
 
   def log_eval(self, history: dict[str, np.ndarray], i: int) -> None:
     self.path.mkdir(parents=True, exist_ok=True)
+    record = self._record(history, i)
     with open(self.path / "metrics.jsonl", "a") as f:
-      f.write(json.dumps(self._record(history, i)) + "\n")
+      f.write(json.dumps(record) + "\n")
+    if hasattr(self, "_tb_class"):
+      if self._tb is None:
+        self._tb = self._tb_class(str(self.path / "tb"))
+      first = record["step"] - len(record["train_loss_per_step"])
+      for j, x in enumerate(record["train_loss_per_step"]):
+        if x is not None:
+          self._tb.add_scalar("train/loss", x, first + j + 1)
+      for key in ("valid_loss", "valid_accuracy"):
+        if record[key] is not None:
+          self._tb.add_scalar(f"valid/{key.split('_', 1)[1]}", record[key], record["step"])
+      self._tb.flush()
 
   def _rewrite_metrics(self, history: dict[str, np.ndarray], upto: int) -> None:
     lines = [json.dumps(self._record(history, i)) for i in range(upto + 1)]
@@ -118,11 +147,17 @@ class RunDir:
   def finish(self, result, *, task_name: str, run_info: dict) -> None:
     if self._manager is not None:
       self._manager.close()
+    if self._tb is not None:
+      self._tb.close()
     out = {"task": task_name, **run_info, **result.final_metrics(), "stopped": result.stopped}
     tmp = self.path / "result.json.tmp"
     tmp.write_text(json.dumps(out, indent=1))
     tmp.replace(self.path / "result.json")
-    plot_history(result.history, self.path / "loss_curve.png", title=task_name)
+    stop = None
+    if result.stopped:
+      bad = ~np.isfinite(result.history["train_loss"])
+      stop = int(np.argmax(bad)) if bad.any() else None
+    plot_history(result.history, self.path / "loss_curve.png", title=task_name, stop_step=stop)
 
 
 def _pack(tree: Any) -> Any:
@@ -137,13 +172,45 @@ def _unpack(restored: Any, target: Any) -> Any:
   return jax.tree.map(lambda r, t: t if np.size(t) == 0 else r, restored, target)
 
 
+def provenance() -> dict:
+  """Versions, device and command line, for run.json (what produced these files)."""
+  from importlib import metadata
+
+  def v(name):
+    try:
+      return metadata.version(name)
+    except metadata.PackageNotFoundError:
+      return None
+  out = {"lopt": v("lopt"), "jax": v("jax"), "jaxlib": v("jaxlib"), "optax": v("optax"),
+         "python": platform.python_version(), "command": _command()}
+  try:
+    import jax
+    out["device"] = f"{jax.default_backend()}: {jax.devices()[0].device_kind}"
+  except Exception:  # noqa: BLE001 - provenance must never fail a run
+    out["device"] = None
+  return out
+
+
+def _command() -> str:
+  argv = list(sys.argv)
+  if argv and (argv[0].endswith(os.path.join("cli", "__main__.py"))
+               or os.path.basename(argv[0]) == "lopt"):
+    argv[0] = "lopt"
+  return " ".join(argv)
+
+
 def _num(x) -> float | None:
   x = float(x)
   return x if np.isfinite(x) else None
 
 
-def plot_history(history: dict[str, np.ndarray], path: pathlib.Path, title: str = "") -> None:
-  """Writes a PNG of the (EMA-smoothed) train loss and the validation loss."""
+def plot_history(history: dict[str, np.ndarray], path: pathlib.Path, title: str = "",
+                 stop_step: int | None = None) -> None:
+  """Writes a PNG of the (EMA-smoothed) train loss and the validation loss.
+
+  The y axis is logarithmic when the (positive) losses span more than two decades, so a
+  diverging run is not a flat line under its last spike; `stop_step` (a run stopped on a
+  non-finite loss) is marked with a vertical line."""
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
@@ -161,6 +228,11 @@ def plot_history(history: dict[str, np.ndarray], path: pathlib.Path, title: str 
     ax.plot(steps + 1, vals, color="C0", alpha=0.25, lw=0.8)
     ax.plot(steps + 1, ema, color="C0", label="train (EMA 0.95)")
   ax.plot(history["eval_step"], history["valid_loss"], "o-", color="C1", ms=3, label="valid")
+  if log_scale(np.concatenate([train, np.asarray(history["valid_loss"], np.float64)])):
+    ax.set_yscale("log")
+  if stop_step is not None:
+    ax.axvline(stop_step + 1, color="C3", ls="--", lw=1,
+               label=f"stopped: non-finite loss at step {stop_step}")
   ax.set_xlabel("step")
   ax.set_ylabel("loss")
   ax.set_title(title)
@@ -170,3 +242,14 @@ def plot_history(history: dict[str, np.ndarray], path: pathlib.Path, title: str 
   fig.savefig(tmp)
   plt.close(fig)
   tmp.replace(path)
+
+
+def log_scale(values: np.ndarray) -> bool:
+  """True when the finite values are all positive and span more than two decades.
+
+    >>> log_scale(np.array([1.0, 0.5, 1e34])), log_scale(np.array([2.3, 0.4, np.nan]))
+    (True, False)
+  """
+  v = np.asarray(values, np.float64)
+  v = v[np.isfinite(v)]
+  return bool(len(v) and v.min() > 0 and v.max() / v.min() > 100)

@@ -58,6 +58,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lopt.learned_opts.nino.layout import to_modules
+
 __all__ = ["NeuralGraph", "build_graph", "gpt2_arch", "infer_arch", "EDGE_TYPES", "graph_from_arrays"]
 
 EDGE_TYPES = {"fc": 1, "bias": 2, "conv": 3, "norm": 4, "wte": 5, "wpe": 6, "attn_q": 7,
@@ -119,6 +121,7 @@ class NeuralGraph:
   # ---- params <-> flat vector -------------------------------------------------------------
   def flatten(self, params, batch_dims: int = 0) -> jax.Array:
     """Concatenates the tensors in graph order: `[..., P]` (leading `batch_dims` kept)."""
+    params = to_modules(params)[0]
     parts = []
     for module, name, shape in self.leaves:
       x = jnp.asarray(params[module][name])
@@ -324,8 +327,10 @@ def infer_arch(shapes: Mapping[str, Mapping[str, Any]]) -> dict:
   for m in modules:
     extra = set(shapes[m]) - {"w", "b"}
     if extra:
-      raise ValueError(f"cannot infer the architecture: module {m} holds {sorted(extra)}; pass "
-                       "arch= explicitly (see lopt.learned_opts.nino.graph docs)")
+      raise ValueError(
+          f"cannot infer the architecture: module {m} holds {sorted(extra)} (a norm: its "
+          "place between the layers is not in the names); pass arch={'kind': 'sequential', "
+          f"'layers': [...]}} with the modules in order, from {sorted(shapes, key=_natural_key)}")
   return {"kind": "sequential", "layers": modules}
 
 
@@ -532,17 +537,19 @@ def _normalize_arch(arch: Mapping[str, Any] | None, shapes) -> dict:
 
 
 def build_graph(params, arch: Mapping[str, Any] | None = None) -> NeuralGraph:
-  """The (cached) neural graph of a haiku params pytree.
+  """The (cached) neural graph of a haiku, flax linen or flax nnx params pytree.
 
   Args:
-    params: `{module: {name: array}}`; only shapes are read (arrays, `ShapeDtypeStruct`s or
-      tracers all work). Must not have a leading ctx axis.
+    params: `{module: {name: array}}` (haiku), or a flax tree, seen through
+      `layout.to_modules` (`kernel` -> `w`, `bias` -> `b` / a norm's `offset`; module names
+      are paths such as `Dense_0` or `layers/0`); only shapes are read (arrays,
+      `ShapeDtypeStruct`s or tracers all work). Must not have a leading ctx axis.
     arch: architecture description (module docstring); `None` infers a sequential model.
 
   Returns:
     The `NeuralGraph`; identical inputs return the same object.
   """
-  shapes = _shapes_of(params)
+  shapes = _shapes_of(to_modules(params)[0])
   arch = _normalize_arch(arch, shapes)
   key = tuple(sorted((m, n, s) for m, sub in shapes.items() for n, s in sub.items()))
   return _build_cached(json.dumps(arch, sort_keys=True), key)

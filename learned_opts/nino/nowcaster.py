@@ -39,6 +39,7 @@ import numpy as np
 
 from lopt.learned_opts.nino import convert as _convert
 from lopt.learned_opts.nino.graph import NeuralGraph, build_graph
+from lopt.learned_opts.nino.layout import to_modules
 from lopt.learned_opts.nino.model import NowcasterConfig, make_model, predict_edges
 
 __all__ = ["Nowcaster", "load_nowcaster", "save_nowcaster", "OFFICIAL", "zscore", "unzscore",
@@ -91,6 +92,7 @@ class Nowcaster:
       params pytree (no ctx axis) in the dtypes of `history`.
     """
     cfg = self.config
+    history, back = to_modules(history)  # flax trees in haiku's view; restored at the end
     like = jax.tree_util.tree_map(lambda a: a[-1], history)
     if graph is None:
       graph = build_graph(jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype),
@@ -107,7 +109,7 @@ class Nowcaster:
     x = graph.flat_to_edges(z)                                       # [E, F, ctx]
     out = predict_edges(self.weights, cfg, x, graph, k)              # [E, F]
     pred = unzscore(graph.edges_to_flat(out), mean, std)             # [P]
-    return graph.unflatten(pred, like=like)
+    return back(graph.unflatten(pred, like=like))
 
 
 def _tensor_ids(graph: NeuralGraph) -> np.ndarray:
@@ -154,6 +156,42 @@ def _search_roots() -> list[pathlib.Path]:
   return roots
 
 
+def verify_official(name: str, path: pathlib.Path, *, verify: bool | None = None
+                    ) -> pathlib.Path:
+  """`path`, after checking the size and sha256 published for official nowcaster `name`
+  (skipped with `verify=False` or `$LOPT_NO_VERIFY`, as for the learned optimizers)."""
+  pretrained = _pretrained()
+  file, sha, size = OFFICIAL[_canonical(name)]
+  if not pretrained.verification_on(verify):
+    return path
+  import hashlib
+  got = path.stat().st_size
+  digest = hashlib.sha256(path.read_bytes()).hexdigest() if got == size else None
+  if digest != sha:
+    raise pretrained.CheckpointIntegrityError(
+        f"{path}: not the official {file} of nowcaster {name!r} ({got:,} bytes, sha256 "
+        f"{digest or '-'}; expected {size:,} bytes, {sha}). Fetch it again from {_URL}{file}, "
+        "or pass --no-verify for your own file")
+  return path
+
+
+def add_official(name: str, file: str | os.PathLike) -> pathlib.Path:
+  """Copies an official nowcaster file into the user cache after checking its sha256."""
+  key = _canonical(name)
+  src = verify_official(key, pathlib.Path(file).expanduser(), verify=True)
+  dest = _pretrained().cache_dir() / "nino" / OFFICIAL[key][0]
+  dest.parent.mkdir(parents=True, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+  os.close(fd)
+  try:
+    shutil.copyfile(src, tmp)
+    os.replace(tmp, dest)
+  finally:
+    if os.path.exists(tmp):
+      os.unlink(tmp)
+  return dest
+
+
 def resolve_official(name: str, path: str | os.PathLike | None = None, *,
                      download: bool = True) -> pathlib.Path:
   """The local `.pt` file of an official nowcaster (see the module doc for the order)."""
@@ -165,10 +203,10 @@ def resolve_official(name: str, path: str | os.PathLike | None = None, *,
       p = p / file
     if not p.exists():
       raise FileNotFoundError(f"{p}: no such file (nowcaster {key!r} is {file})")
-    return p
+    return verify_official(key, p)
   for root in _search_roots():
     if (root / file).is_file():
-      return root / file
+      return verify_official(key, root / file)
   pretrained = _pretrained()
   dest = pretrained.cache_dir() / "nino" / file
   offline = os.environ.get("LOPT_OFFLINE", "").lower() not in ("", "0", "false", "no")

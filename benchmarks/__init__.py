@@ -1,0 +1,1 @@
+"""Speed benchmarks: `python -m lopt.benchmarks.NAME` or `lopt bench NAME` (see each module)."""
