@@ -25,10 +25,9 @@ from typing import Any, Sequence
 import numpy as np
 
 MAX_GROUP = 32  # runs per compiled program (memory grows linearly)
-# Optimizers whose update branches on the step (`lax.cond`): under vmap the predicate is
-# batched, the cond becomes a select and both branches run every step (Shampoo's
-# eigendecompositions: measured >10x slower than one by one). They run alone.
-RUN_ALONE = ("shampoo",)
+# Optimizers that must run alone. (Shampoo's step-dependent root refresh used to be one: a
+# vmapped `lax.cond` runs both branches; `optimizers._shampoo` now batches it as a real cond.)
+RUN_ALONE: tuple[str, ...] = ()
 
 
 def group_key(job: dict) -> tuple | None:

@@ -177,7 +177,8 @@ def test_report_leads_with_validation(tmp_path):
 
 @pytest.mark.parametrize("task,optimizer,lrs", [
     ("digits-mlp-32", "adam", (1e-3, 3e-2)),
-    (user_tasks.WavyRegression(), "sgd_nesterov", (1e-2, 1.0))])  # 1.0 diverges at step 14
+    (user_tasks.WavyRegression(), "sgd_nesterov", (1e-2, 1.0)),  # 1.0 diverges at step 14
+    ("digits-mlp-32", "shampoo", (1e-3, 1e-2))])  # roots refreshed under a vmapped cond
 def test_vectorised_equals_sequential(tmp_path, task, optimizer, lrs):
   """One vmapped program per group gives each run's own numbers, divergence included."""
   e = _tasks.resolve([task], num_steps=30)[0]
@@ -202,7 +203,9 @@ def test_vectorised_equals_sequential(tmp_path, task, optimizer, lrs):
       if k in ("train_loss", "valid_loss"):  # an exploding loss explodes rounding with it
         keep = np.cumprod(b < 1e3).astype(bool)
         a, b = a[keep], b[keep]
-      np.testing.assert_allclose(a, b, rtol=2e-4, atol=1e-5, err_msg=k)
+      # Batched eigendecompositions round differently from single ones (Shampoo's roots).
+      tol = 2e-3 if optimizer == "shampoo" else 2e-4
+      np.testing.assert_allclose(a, b, rtol=tol, atol=1e-5, err_msg=k)
   assert stopped == (2 if optimizer == "sgd_nesterov" else 0)
 
 
