@@ -28,7 +28,7 @@ import numpy as np
 import optax
 
 from lopt.tasks.base import Task
-from lopt.training._loop import _eval_fn  # the loop's own evaluation, so numbers match train()
+from lopt.training import evaluate as evaluate_params  # train()'s own evaluation
 from lopt.training.trajectories import flatten_params
 
 Array = jax.Array
@@ -161,7 +161,7 @@ def run_many(task: Task, make_tx: Callable[[Any], optax.GradientTransformation],
 
   def eval_one(task, carry, key, hp):
     params = carry.params if eval_params is None else eval_params(carry.opt_state, carry.params)
-    loss, _ = _eval_fn(task, params, key, "valid", eval_batches)
+    loss, _ = evaluate_params(task, params, key, split="valid", num_batches=eval_batches)
     flat = flatten_params(carry.params) if snapshots else jnp.zeros([0])
     return loss, flat
 

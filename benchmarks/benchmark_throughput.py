@@ -10,6 +10,8 @@ Usage (from the directory above the `lopt` package, about 5-15 minutes on 2 CPU 
 
     python -m lopt.benchmarks.benchmark_throughput
     python -m lopt.benchmarks.benchmark_throughput --budget-scale 0.2    # a quick look
+    python -m lopt.benchmarks.benchmark_throughput --tasks digits-mlp-32-ln,digits-ae-32 \
+        --optimizers adam-tuned,shampoo-tuned,muon-tuned --envelope-factor 2  # held-out tasks
     python -m lopt.benchmarks.benchmark_throughput --export-references   # maintainers
 
 `--export-references` packs the vectorised run's tuned-Adam trials as `lopt.eval.reference`
@@ -30,19 +32,25 @@ def main(argv=None) -> None:
   p.add_argument("--optimizers", default="adam-tuned,adam")
   p.add_argument("--seeds", type=int, default=3)
   p.add_argument("--budget-scale", type=float, default=None)
+  p.add_argument("--tasks", default=None, help="comma-separated task names instead of --suite")
+  p.add_argument("--lr-grid", default=None, help="comma-separated learning rates")
+  p.add_argument("--envelope-factor", type=int, default=4)
   p.add_argument("--export-references", action="store_true")
   args = p.parse_args(argv)
 
   from lopt import eval as E
-  from lopt.eval import _tuning
 
-  E.suite_tasks(args.suite, budget_scale=args.budget_scale)  # load the datasets once
+  tasks = args.tasks.split(",") if args.tasks else None
+  grid = [float(x) for x in args.lr_grid.split(",")] if args.lr_grid else None
+  E.suite_tasks(args.suite, tasks, budget_scale=args.budget_scale)  # load the datasets once
   times, chosen = {}, {}
   with tempfile.TemporaryDirectory() as root:
     for mode in ("vectorised", "sequential"):
       t0 = time.perf_counter()
       res = E.run_benchmark(args.suite, args.optimizers, args.seeds,
-                            os.path.join(root, mode, "out"), budget_scale=args.budget_scale,
+                            os.path.join(root, mode, "out"), tasks=tasks,
+                            budget_scale=args.budget_scale, lr_grid=grid,
+                            envelope_factor=args.envelope_factor,
                             tuning_dir=os.path.join(root, mode, "tuning"),
                             vectorise=mode == "vectorised", references=False,
                             compile_cache=False, progress=False, plots=False)
@@ -53,12 +61,9 @@ def main(argv=None) -> None:
             f"{len(res['errors'])} errors)", flush=True)
       if mode == "vectorised" and args.export_references:
         from lopt.eval import reference
-        entries = E.suite_tasks(args.suite, budget_scale=args.budget_scale)
-        ref = E.parse_spec(E.REFERENCE)
-        for e in entries:
-          plan = _tuning.plan(ref, e, tuning_dir=os.path.join(root, mode, "tuning"),
-                              horizon=4 * e.num_steps)
-          print("exported", reference.export(plan))
+        for path in reference.export_suite(args.suite, os.path.join(root, mode, "tuning"),
+                                           budget_scale=args.budget_scale):
+          print("exported", path)
   print("same tuned learning rates both ways:", chosen["vectorised"] == chosen["sequential"])
   print(f"vectorised/sequential speedup: {times['sequential'] / times['vectorised']:.2f}")
 

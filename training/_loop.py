@@ -84,6 +84,22 @@ def _eval_fn(task: Task, params: Any, key: Array, split: str, num_batches: int,
   return jnp.mean(losses), jnp.mean(accs)
 
 
+def evaluate(task: Task, params: Any, key: Array, *, split: str = "valid",
+             num_batches: int = 8) -> tuple[Array, Array]:
+  """Mean loss and accuracy (NaN where the task has none) of `params` on `split`, the way
+  `train` evaluates: the task's fixed eval batches, or `num_batches` sampled with `key`.
+  Traceable: call it inside `jax.jit`/`jax.vmap`.
+
+  Example:
+    >>> from lopt.tasks import QuadraticTask
+    >>> task = QuadraticTask(dim=4)
+    >>> loss, acc = evaluate(task, task.init(jax.random.PRNGKey(0)), jax.random.PRNGKey(1))
+    >>> loss.shape
+    ()
+  """
+  return _eval_fn(task, params, key, split, num_batches)
+
+
 def _make_chunk(optimizer: optax.GradientTransformationExtraArgs,
                 needs_gradients: Callable[[Any], Array] | None) -> Callable:
   """Builds `chunk(task, carry, key, length) -> (carry, losses[length])`."""

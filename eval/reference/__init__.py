@@ -61,3 +61,14 @@ def export(plan, out_dir: str | pathlib.Path = DATA) -> pathlib.Path:
   index[h] = plan.task
   (out_dir / "index.json").write_text(json.dumps(index, indent=1, sort_keys=True) + "\n")
   return path
+
+
+def export_suite(suite: str, tuning_dir: str | pathlib.Path, *, budget_scale: float | None = None,
+                 envelope_factor: int = 4, out_dir: str | pathlib.Path = DATA) -> list[pathlib.Path]:
+  """Packs the finished tuned-reference trials of every task of `suite` found under
+  `tuning_dir` (what `lopt benchmark --suite SUITE` tuned there) for shipping (maintainers)."""
+  from lopt.eval import _benchmark, _specs, _tuning
+  ref = _specs.parse_spec(_specs.REFERENCE)
+  return [export(_tuning.plan(ref, e, tuning_dir=tuning_dir, horizon=envelope_factor * e.num_steps),
+                 out_dir)
+          for e in _benchmark.suite_tasks(suite, budget_scale=budget_scale)]

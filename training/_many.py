@@ -1,0 +1,160 @@
+"""Many runs of one task as one compiled program: `train_many`.
+
+Runs that share a task, a budget and an optimizer's update program, and differ only in the
+seed or in values the optimizer keeps in its state (a learning rate set through
+`optax.inject_hyperparams`, say), train together under `jax.vmap`: one compilation and one
+dispatch per chunk for the whole sweep instead of one per run. Each run computes what
+`train` computes for it alone (same init, same per-step keys, same freezing after a
+non-finite loss, same history truncation); only the float rounding of batched kernels
+differs.
+
+Example:
+  >>> import optax
+  >>> from lopt.tasks import QuadraticTask
+  >>> from lopt.training import train_many
+  >>> txs = [optax.inject_hyperparams(optax.adam)(learning_rate=lr) for lr in (0.01, 0.1)]
+  >>> results = train_many(QuadraticTask(dim=10), txs, 50, seeds=[0, 0])
+  >>> [r.steps_done for r in results]
+  [50, 50]
+  >>> bool(results[1].history["train_loss"][-1] < results[0].history["train_loss"][-1])
+  True
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import time
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from lopt.tasks.base import Task
+from lopt.training._loop import (_CPU_CONV_BLOCK, TrainResult, _blocks, _Carry, _eval_fn,
+                                 _has_convolution, _make_chunk)
+
+
+def _stack(trees: Sequence[Any]) -> Any:
+  return jax.tree.map(lambda *x: jnp.stack(x), *trees)
+
+
+def _row(tree: Any, r: int) -> Any:
+  return jax.tree.map(lambda x: x[r], tree)
+
+
+def train_many(task: Task, optimizers: Sequence[optax.GradientTransformation], num_steps: int,
+               *, seeds: Sequence[int], eval_every: int | None = None,
+               eval_split: str = "valid", eval_batches: int = 8,
+               eval_params: Callable[[Any, Any], Any] | None = None) -> list[TrainResult]:
+  """Trains one run per `(optimizer, seed)` pair as one vmapped program.
+
+  Args:
+    task: the task.
+    optimizers: one optax transform per run. They must share one update program: the same
+      transform, differing only in the values of their states (hyperparameters injected with
+      `optax.inject_hyperparams`); the first one's update is used for every run.
+    num_steps: steps per run.
+    seeds: one seed per run, as `train`'s `seed` (init, batches, eval batches).
+    eval_every, eval_split, eval_batches, eval_params: as in `train`.
+
+  Returns:
+    One `TrainResult` per run, in order; `history["wall_time"]` is the group's training time
+    divided by the number of runs (the amortised time per run).
+  """
+  n = len(optimizers)
+  if n == 0 or n != len(seeds):
+    raise ValueError(f"need one seed per optimizer, got {n} optimizers and {len(seeds)} seeds")
+  if not (isinstance(num_steps, (int, np.integer)) and num_steps > 0):
+    raise ValueError(f"num_steps must be a positive integer, got {num_steps!r}")
+  eval_every = min(int(eval_every or max(1, math.ceil(num_steps / 20))), num_steps)
+  txs = [optax.with_extra_args_support(t) for t in optimizers]
+  # Eager per-run init, as `train` does: a compiled batched init costs more than it saves for
+  # the few dozen runs of a group (measured: 1.6 s to compile vs 0.09 s per eager init).
+  params, states, data_keys, eval_keys = [], [], [], []
+  for tx, seed in zip(txs, seeds):
+    init_key, data_key, eval_key = jax.random.split(jax.random.PRNGKey(seed), 3)
+    p = task.init(init_key)
+    params.append(p)
+    states.append(tx.init(p))
+    data_keys.append(data_key)
+    eval_keys.append(eval_key)
+  carry = _Carry(_stack(params), _stack(states), jnp.zeros([n], jnp.int32),
+                 -jnp.ones([n], jnp.int32))
+  data_keys, eval_keys = jnp.stack(data_keys), jnp.stack(eval_keys)
+
+  chunk = _make_chunk(txs[0], None)
+  block = (_CPU_CONV_BLOCK
+           if jax.default_backend() == "cpu" and _has_convolution(task, params[0])
+           else None)
+
+  @functools.partial(jax.jit, static_argnames=("length", "unroll"))
+  def many(task, carry, keys, length, unroll):
+    return jax.vmap(lambda c, k: chunk(task, c, k, length=length, unroll=unroll))(carry, keys)
+
+  @jax.jit
+  def evaluate(task, carry, keys):
+    def one(c, k):
+      p = c.params if eval_params is None else eval_params(c.opt_state, c.params)
+      return _eval_fn(task, p, k, eval_split, eval_batches, vectorize=block is not None)
+    return jax.vmap(one)(carry, keys)
+
+  eval_steps = list(range(0, num_steps, eval_every)) + [num_steps]
+  E = len(eval_steps)
+  train_loss = np.full([n, num_steps], np.nan, np.float32)
+  valid = np.full([n, E], np.nan, np.float32)
+  acc = np.full([n, E], np.nan, np.float32)
+  wall = np.full([E], np.nan, np.float64)
+  stop_at: list[int | None] = [None] * n  # the chunk index in which a run stopped
+  bad_steps = [-1] * n
+  kept: list[Any] = [None] * n  # (params, opt_state) of the last finite eval of stopped runs
+
+  v, a = evaluate(task, carry, eval_keys)
+  valid[:, 0], acc[:, 0], wall[0] = np.asarray(v), np.asarray(a), 0.0
+  compiled: dict[int, Any] = {}
+  for i in range(E - 1):
+    length = eval_steps[i + 1] - eval_steps[i]
+    calls = _blocks(length, block)
+    for c in set(calls) - set(compiled):  # compile outside the timed region
+      compiled[c] = many.lower(task, carry, data_keys, length=c,
+                               unroll=c if block else 1).compile()
+    previous = carry
+    t0 = time.perf_counter()
+    parts = []
+    for c in calls:
+      carry, part = compiled[c](task, carry, data_keys)
+      parts.append(part)  # [n, c]
+    losses = np.concatenate([np.asarray(x) for x in jax.block_until_ready(parts)], axis=1)
+    wall[i + 1] = wall[i] + (time.perf_counter() - t0) / n
+    train_loss[:, eval_steps[i]:eval_steps[i + 1]] = losses
+    bad = np.asarray(carry.bad_step)
+    for r in range(n):
+      if stop_at[r] is None and bad[r] >= 0:
+        stop_at[r], bad_steps[r] = i, int(bad[r])
+        kept[r] = (_row(previous.params, r), _row(previous.opt_state, r))
+    if all(s is not None for s in stop_at):
+      break
+    v, a = evaluate(task, carry, eval_keys)
+    valid[:, i + 1], acc[:, i + 1] = np.asarray(v), np.asarray(a)
+
+  results = []
+  for r in range(n):
+    h = {"train_loss": train_loss[r].copy(), "eval_step": np.asarray(eval_steps, np.int64),
+         "valid_loss": valid[r].copy(), "valid_accuracy": acc[r].copy(),
+         "wall_time": wall.copy()}
+    stopped, steps_done = None, num_steps
+    if stop_at[r] is None:
+      p, s = _row(carry.params, r), _row(carry.opt_state, r)
+    else:
+      i = stop_at[r]
+      p, s = kept[r]
+      h["train_loss"][bad_steps[r]:] = np.nan
+      stopped = (f"non-finite loss at step {bad_steps[r]}; stopped and kept the params of "
+                 f"step {eval_steps[i]}")
+      for k in ("eval_step", "valid_loss", "valid_accuracy", "wall_time"):
+        h[k] = h[k][:i + 1]
+      steps_done = eval_steps[i]
+    results.append(TrainResult(p, s, h, steps_done, stopped))
+  return results
