@@ -83,10 +83,10 @@ def _roots_or_keep(refresh: jax.Array, L: jax.Array, R: jax.Array, old: tuple,
   def rule(axis_size, in_batched, refresh, L, R, old_l, old_r):
     bcast = lambda x, b: x if b else jnp.broadcast_to(x, (axis_size,) + x.shape)  # noqa: E731
     refresh, L, R, old_l, old_r = map(bcast, (refresh, L, R, old_l, old_r), in_batched)
-    new = jax.lax.cond(jnp.any(refresh),
-                       lambda: (jax.vmap(_inv_fourth_root, (0, None))(L, matrix_eps),
-                                jax.vmap(_inv_fourth_root, (0, None))(R, matrix_eps)),
-                       lambda: (old_l, old_r))
+    # One eigendecomposition at a time (`lax.map`, not a batched eigh): batched LAPACK
+    # calls inside the vmapped scan hung XLA:CPU now and then on a loaded 2-core box.
+    roots = lambda m: jax.lax.map(lambda x: _inv_fourth_root(x, matrix_eps), m)  # noqa: E731
+    new = jax.lax.cond(jnp.any(refresh), lambda: (roots(L), roots(R)), lambda: (old_l, old_r))
     pick = lambda n, o: jnp.where(refresh[:, None, None], n, o)  # noqa: E731
     return (pick(new[0], old_l), pick(new[1], old_r)), (True, True)
 
