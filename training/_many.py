@@ -25,6 +25,7 @@ from __future__ import annotations
 import functools
 import math
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Sequence
 
 import jax
@@ -43,6 +44,24 @@ def _stack(trees: Sequence[Any]) -> Any:
 
 def _row(tree: Any, r: int) -> Any:
   return jax.tree.map(lambda x: x[r], tree)
+
+
+@jax.jit
+def _init(task: Task, key: jax.Array) -> Any:
+  # One compiled init per task shape, shared by every run and group of the task (the task is
+  # an argument, so rebuilt tasks hit the same cache entry); eager init dispatches dozens of
+  # small ops per run (~0.09 s each on CPU).
+  return task.init(key)
+
+
+def _compile_all(lowered: dict[Any, Any]) -> dict[Any, Any]:
+  # XLA compiles without the GIL: two at a time overlap on a 2-core CPU (the chunk programs
+  # of a conv task and the evaluation).
+  if len(lowered) == 1:
+    return {k: v.compile() for k, v in lowered.items()}
+  with ThreadPoolExecutor(max_workers=2) as pool:
+    futures = {k: pool.submit(v.compile) for k, v in lowered.items()}
+    return {k: f.result() for k, f in futures.items()}
 
 
 def train_many(task: Task, optimizers: Sequence[optax.GradientTransformation], num_steps: int,
@@ -71,12 +90,10 @@ def train_many(task: Task, optimizers: Sequence[optax.GradientTransformation], n
     raise ValueError(f"num_steps must be a positive integer, got {num_steps!r}")
   eval_every = min(int(eval_every or max(1, math.ceil(num_steps / 20))), num_steps)
   txs = [optax.with_extra_args_support(t) for t in optimizers]
-  # Eager per-run init, as `train` does: a compiled batched init costs more than it saves for
-  # the few dozen runs of a group (measured: 1.6 s to compile vs 0.09 s per eager init).
   params, states, data_keys, eval_keys = [], [], [], []
   for tx, seed in zip(txs, seeds):
     init_key, data_key, eval_key = jax.random.split(jax.random.PRNGKey(seed), 3)
-    p = task.init(init_key)
+    p = _init(task, init_key)
     params.append(p)
     states.append(tx.init(p))
     data_keys.append(data_key)
@@ -111,15 +128,17 @@ def train_many(task: Task, optimizers: Sequence[optax.GradientTransformation], n
   bad_steps = [-1] * n
   kept: list[Any] = [None] * n  # (params, opt_state) of the last finite eval of stopped runs
 
+  # Every program of the group, compiled up front (outside the timed region), two at a time.
+  plans = [_blocks(eval_steps[i + 1] - eval_steps[i], block) for i in range(E - 1)]
+  lowered = {c: many.lower(task, carry, data_keys, length=c, unroll=c if block else 1)
+             for c in sorted({c for calls in plans for c in calls})}
+  lowered["eval"] = evaluate.lower(task, carry, eval_keys)
+  compiled = _compile_all(lowered)
+  evaluate = compiled.pop("eval")
+
   v, a = evaluate(task, carry, eval_keys)
   valid[:, 0], acc[:, 0], wall[0] = np.asarray(v), np.asarray(a), 0.0
-  compiled: dict[int, Any] = {}
-  for i in range(E - 1):
-    length = eval_steps[i + 1] - eval_steps[i]
-    calls = _blocks(length, block)
-    for c in set(calls) - set(compiled):  # compile outside the timed region
-      compiled[c] = many.lower(task, carry, data_keys, length=c,
-                               unroll=c if block else 1).compile()
+  for i, calls in enumerate(plans):
     previous = carry
     t0 = time.perf_counter()
     parts = []
