@@ -8,7 +8,7 @@ import pytest
 
 import lopt
 
-_SUBPACKAGES = ("tasks", "learned_opts", "meta", "training", "eval", "optimizers", "analysis",
+_SUBPACKAGES = ("runs", "tasks", "learned_opts", "meta", "training", "eval", "optimizers", "analysis",
                 "cli")
 
 
