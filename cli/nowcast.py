@@ -102,6 +102,7 @@ def run_fit(args: argparse.Namespace) -> int:
   from lopt.cli import UsageError
   from lopt.cli import check_output_dir
   from lopt.cli.train import parse_overrides
+  from lopt import runs
   from lopt.meta import nowcast_fit
   check_output_dir(args.out)
   try:
@@ -114,7 +115,7 @@ def run_fit(args: argparse.Namespace) -> int:
                      "`lopt nowcast record --out DIR`")
   try:
     result = nowcast_fit.fit(config, data, args.out, progress=not args.no_progress)
-  except nowcast_fit.NoTrajectoriesError as e:
+  except (nowcast_fit.NoTrajectoriesError, runs.RunDirMismatchError) as e:
     raise UsageError(str(e)) from None
   emit_json(result)
   return 0
