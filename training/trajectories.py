@@ -34,6 +34,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from lopt import runs
+
 __all__ = ["Trajectory", "record_trajectory", "load_trajectory", "list_trajectories",
            "param_layout", "flatten_params", "FORMAT"]
 
@@ -135,9 +137,7 @@ def list_trajectories(root: str | os.PathLike) -> list[pathlib.Path]:
 
 
 def _write_meta(path: pathlib.Path, meta: dict) -> None:
-  tmp = path / (_META + ".tmp")
-  tmp.write_text(json.dumps(meta, indent=1))
-  os.replace(tmp, path / _META)
+  runs.atomic_write_json(path / _META, meta)
 
 
 def _jsonable(x: Any) -> Any:
@@ -234,7 +234,5 @@ def record_trajectory(task, out_dir: str | os.PathLike, *, num_steps: int, every
   except BaseException:
     shutil.rmtree(partial, ignore_errors=True)
     raise
-  if out_dir.exists():
-    shutil.rmtree(out_dir)
-  os.replace(partial, out_dir)
+  runs.replace_dir(partial, out_dir)
   return load_trajectory(out_dir)
