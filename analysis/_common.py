@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import pathlib
@@ -11,7 +10,7 @@ from typing import Any, Callable
 import numpy as np
 import optax
 
-from lopt import optimizers
+from lopt import optimizers, runs
 from lopt.optimizers import OptimizerInfo, make_optimizer
 
 MakeTx = Callable[[Any], optax.GradientTransformation]
@@ -63,27 +62,11 @@ def default_lr_grid(spec: str, num: int) -> list[float]:
 
 def jsonable(x: Any) -> Any:
   """numpy -> plain Python, non-finite floats -> "inf"/"-inf"/"nan" strings kept JSON-valid."""
-  if isinstance(x, dict):
-    return {str(k): jsonable(v) for k, v in x.items()}
-  if isinstance(x, (list, tuple)):
-    return [jsonable(v) for v in x]
-  if isinstance(x, np.ndarray):
-    return jsonable(x.tolist())
-  if isinstance(x, (np.floating, float)):
-    x = float(x)
-    return x if math.isfinite(x) else str(x)
-  if isinstance(x, np.integer):
-    return int(x)
-  if isinstance(x, np.bool_):
-    return bool(x)
-  return x
+  return runs.strict_json(x, nonfinite="string")
 
 
 def write_json(path: str | os.PathLike, data: dict) -> pathlib.Path:
-  path = pathlib.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  path.write_text(json.dumps(jsonable(data), indent=1) + "\n")
-  return path
+  return runs.atomic_write_json(path, data, nonfinite="string")
 
 
 def figure(nrows: int = 1, ncols: int = 1, **kw):

@@ -34,6 +34,8 @@ import sys
 import numpy as np
 import optax
 
+from lopt import runs
+
 # The official NiNo weights: $LOPT_SHARED_DIR/pretrained/nino, else ../shared beside the repo.
 _SHARED = os.path.join(os.environ.get("LOPT_SHARED_DIR") or os.path.join(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared"), "pretrained", "nino")
@@ -92,11 +94,7 @@ def cached_run(path: str | None, key: dict, fn) -> dict:
       return saved["run"]
   run = fn()
   if path:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-      json.dump({"key": key, "run": run}, f)
-    os.replace(tmp, path)
+    runs.atomic_write_text(path, json.dumps({"key": key, "run": run}))
   return run
 
 

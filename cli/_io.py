@@ -12,10 +12,11 @@ stray prints) never mixes into `lopt train ... | jq`. Commands write their resul
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 from typing import Any, TextIO
+
+from lopt import runs
 
 _STDOUT: list[TextIO] = []  # the real stdout of the running command (a stack: nested mains)
 
@@ -31,21 +32,9 @@ def out(text: str = "") -> None:
   stream.flush()
 
 
-def _finite(x: Any) -> Any:
-  if isinstance(x, float) and not math.isfinite(x):
-    return None
-  if isinstance(x, dict):
-    return {k: _finite(v) for k, v in x.items()}
-  if isinstance(x, (list, tuple)):
-    return [_finite(v) for v in x]
-  if hasattr(x, "item") and getattr(x, "ndim", None) == 0:  # numpy / jax scalars
-    return _finite(x.item())
-  return x
-
-
 def to_json(obj: Any, **kwargs: Any) -> str:
   """Standard JSON: NaN and infinities become null (bare `NaN` breaks `jq` and browsers)."""
-  return json.dumps(_finite(obj), allow_nan=False, **kwargs)
+  return runs.dumps(obj, **kwargs)
 
 
 def emit_json(obj: Any, **kwargs: Any) -> None:

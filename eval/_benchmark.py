@@ -19,6 +19,7 @@ import pathlib
 import sys
 from typing import Any, Sequence
 
+from lopt import runs
 from lopt.eval import _analysis, _jobs, _specs, _tasks, _tuning, metrics
 from lopt.eval._specs import OptimizerSpec
 from lopt.eval._tasks import TaskEntry
@@ -29,6 +30,10 @@ SUITES = ("train", "heldout", "demo", "paper", "all")
 class BenchmarkError(ValueError):
   """Bad benchmark input (unknown suite/task/optimizer, a mismatched output folder), or an
   optimizer named explicitly that could not run."""
+
+
+class BenchmarkDirMismatchError(BenchmarkError, runs.RunDirMismatchError):
+  """`out` holds a benchmark with other tasks, budgets or tuning settings."""
 
 
 def suite_tasks(suite: str, tasks: Sequence[Any] | None = None, *,
@@ -207,8 +212,10 @@ def run_benchmark(suite: str = "demo", optimizers: str | Sequence[str] = "demo",
             "tuning_dir": str(tuning_dir), "lr_grid": lr_grid,
             "envelope_factor": int(envelope_factor), "reference": ref.label,
             "training_version": _tasks.TRAINING_VERSION}
-  _check_config(out, config)
-  _jobs.write_json(out / "config.json", config)
+  # Resuming into `out` needs the same tasks, budgets and tuning settings (adding
+  # optimizers or seeds is fine: config.json then records the new ones).
+  runs.RunDir(out).claim(_jobs.to_jsonable(config), keys=_SAME,
+                         error=BenchmarkDirMismatchError)
   cache = tuning_dir.parent / "jax_cache" if compile_cache else None
   run = dict(workers=workers, progress=progress, compile_cache=cache, local_tasks=local,
              vectorise=vectorise)
@@ -285,21 +292,6 @@ def _failed_required(errors: dict[str, str], jobs: Sequence[dict], plans: dict,
 
 
 _SAME = ("tasks", "eval_every", "tune_seeds", "lr_grid", "envelope_factor")
-
-
-def _check_config(out: pathlib.Path, config: dict) -> None:
-  """Resuming into `out` needs the same tasks, budgets and tuning settings (adding
-  optimizers or seeds is fine)."""
-  path = out / "config.json"
-  if not path.is_file():
-    return
-  old = _jobs.read_json(path)
-  new = _jobs.to_jsonable(config)
-  diff = [k for k in _SAME if old.get(k) != new.get(k)]
-  if diff:
-    raise BenchmarkError(
-        f"{out} holds a benchmark with different settings ({', '.join(diff)}); use a new "
-        "--out folder (finished runs there are reused only for the same settings)")
 
 
 def _same_paths(job: dict) -> dict:

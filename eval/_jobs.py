@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import pathlib
 import sys
 import time
 import traceback
@@ -19,27 +18,15 @@ from typing import Any, Iterable, NamedTuple, Sequence
 
 import numpy as np
 
+from lopt import runs
+
 # ---------------------------------------------------------------------------------------
-# JSON with non-finite floats as strings ("inf", "-inf", "nan"): strict JSON on disk.
+# JSON with non-finite floats as strings ("inf", "-inf", "nan"): strict JSON on disk that
+# keeps a diverged run's sign (`lopt.runs.strict_json(nonfinite="string")`).
 
 
 def to_jsonable(x: Any) -> Any:
-  if isinstance(x, dict):
-    return {str(k): to_jsonable(v) for k, v in x.items()}
-  if isinstance(x, (list, tuple)):
-    return [to_jsonable(v) for v in x]
-  if isinstance(x, np.ndarray):
-    return to_jsonable(x.tolist())
-  if isinstance(x, (np.floating, float)):
-    x = float(x)
-    if math.isfinite(x):
-      return x
-    return "nan" if math.isnan(x) else ("inf" if x > 0 else "-inf")
-  if isinstance(x, (np.integer,)):
-    return int(x)
-  if isinstance(x, np.bool_):
-    return bool(x)
-  return x
+  return runs.strict_json(x, nonfinite="string")
 
 
 def as_float_array(values: Sequence[Any]) -> np.ndarray:
@@ -48,13 +35,8 @@ def as_float_array(values: Sequence[Any]) -> np.ndarray:
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
-  """Writes strict JSON atomically (temporary file, then rename)."""
-  path = pathlib.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-  with open(tmp, "w") as f:
-    json.dump(to_jsonable(obj), f, allow_nan=False)
-  os.replace(tmp, path)
+  """Writes strict JSON atomically (`lopt.runs.atomic_write_json`)."""
+  runs.atomic_write_json(path, obj, indent=None, nonfinite="string")
 
 
 def read_json(path: str | os.PathLike) -> Any:
@@ -169,15 +151,11 @@ def enable_compile_cache(folder: str | os.PathLike | None) -> None:
   """Turns on JAX's persistent compilation cache in `folder` unless one is set already.
 
   Runs that differ only in the seed compile to the same program, so the second seed of a
-  configuration (and every rerun) skips compilation, which dominates small runs.
+  configuration (and every rerun) skips compilation, which dominates small runs: every
+  program is cached (no minimum compile time).
   """
-  if folder is None:
-    return
-  import jax
-  if jax.config.jax_compilation_cache_dir:
-    return
-  jax.config.update("jax_compilation_cache_dir", str(folder))
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  if folder is not None:
+    runs.enable_compile_cache(folder, min_compile_time_s=0.0)
 
 
 def _worker_init(compile_cache: str | None, local_tasks: dict | None = None) -> None:

@@ -9,6 +9,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from lopt import runs
 from lopt.eval import _jobs, metrics
 from lopt.eval._analysis import SMOOTHING
 
@@ -36,17 +37,15 @@ def write_all(out: str | pathlib.Path, results: dict, *, plots: bool = True) -> 
   if summary_rows:
     _write_csv(out / "summary.csv", summary_rows, list(summary_rows[0]))
   figures = write_plots(out / "plots", results) if plots else {}
-  (out / "report.md").write_text(markdown(results, figures))
+  runs.atomic_write_text(out / "report.md", markdown(results, figures))
 
 
 def _write_csv(path: pathlib.Path, rows: Sequence[dict], columns: Sequence[str]) -> None:
-  tmp = path.with_name(f".{path.name}.tmp")
-  with open(tmp, "w", newline="") as f:
+  with runs.atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
     w = csv.DictWriter(f, fieldnames=list(columns), extrasaction="ignore")
     w.writeheader()
     for r in rows:
       w.writerow({k: _jobs.to_jsonable(r.get(k)) for k in columns})
-  tmp.replace(path)
 
 
 # ---------------------------------------------------------------------------------------

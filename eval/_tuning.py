@@ -33,6 +33,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from lopt.eval import _jobs, _tasks
+from lopt.runs import settings
 from lopt.eval._specs import OptimizerSpec
 
 TUNE_SEED_OFFSET = 1000
@@ -40,9 +41,7 @@ TUNE_SEED_OFFSET = 1000
 
 def default_tuning_dir() -> pathlib.Path:
   """`$LOPT_CACHE_DIR/tuning`, default `~/.cache/lopt/tuning`."""
-  root = os.environ.get("LOPT_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache",
-                                                          "lopt")
-  return pathlib.Path(root) / "tuning"
+  return settings.cache_dir() / "tuning"
 
 
 @dataclasses.dataclass

@@ -21,12 +21,13 @@ from __future__ import annotations
 
 import os
 import pathlib
-import tempfile
 from typing import Any, Mapping
 
 import ml_dtypes
 import msgpack
 import numpy as np
+
+from lopt import runs
 
 __all__ = ["CheckpointFormatError", "ThetaMismatchError", "read_msgpack", "write_msgpack",
            "to_msgpack_bytes", "from_msgpack_bytes", "flatten_dict", "unflatten_dict",
@@ -175,18 +176,7 @@ def write_msgpack(path: str | os.PathLike, tree: Any) -> None:
   Example (a VeLO-format theta file):
     write_msgpack("theta.ckpt", {"params": theta, "gen_id": "mine", "step": 0})
   """
-  path = pathlib.Path(path)
-  data = to_msgpack_bytes(tree)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-  try:
-    with os.fdopen(fd, "wb") as f:
-      f.write(data)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
+  runs.atomic_write_bytes(path, to_msgpack_bytes(tree))
 
 
 def flatten_dict(tree: Mapping[str, Any], sep: str = "/", prefix: str = "") -> dict[str, Any]:
@@ -406,7 +396,6 @@ def save_theta(directory: str | os.PathLike, lopt: Any, theta: Any, *,
     lopt2, theta2 = load_optimizer("runs/x/theta_final")
   """
   import json
-  import shutil
 
   import jax
   import orbax.checkpoint as ocp
@@ -423,25 +412,12 @@ def save_theta(directory: str | os.PathLike, lopt: Any, theta: Any, *,
           "theta_format": "orbax",
           "num_meta_params": int(sum(np.size(x) for x in jax.tree.leaves(theta)))}
   meta.update(dict(extra_meta or {}))
-  directory.parent.mkdir(parents=True, exist_ok=True)
-  tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-  try:
+  with runs.atomic_dir(directory) as tmp:
     host = jax.tree.map(lambda x: np.asarray(x, np.float32), theta)
     with ocp.StandardCheckpointer() as ck:
       ck.save(tmp / THETA_SUBDIR, host)
       ck.wait_until_finished()
     (tmp / LOPT_JSON).write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
-    if directory.exists():
-      old = directory.with_name(f".{directory.name}.old")
-      shutil.rmtree(old, ignore_errors=True)
-      os.replace(directory, old)
-      os.replace(tmp, directory)
-      shutil.rmtree(old, ignore_errors=True)
-    else:
-      os.replace(tmp, directory)
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise
   return directory
 
 

@@ -1,8 +1,9 @@
 """`meta_train(cfg, workdir)`: the whole experiment behind `lopt meta-train`.
 
-Writes into `workdir`: `config.json` (the resolved config; a rerun with a different config
-is refused), `metrics.jsonl`, `eval.jsonl`, `checkpoints/<step>/` (orbax, keep N) and, at
-the end, `theta/` (`lopt.learned_opts.save_theta`: loadable with `load_optimizer`).
+Writes into `workdir`, through `lopt.runs` (the resume rule every loop shares):
+`config.json` (the resolved config; a rerun with a different config is refused),
+`metrics.jsonl`, `eval.jsonl`, `checkpoints/<step>/` (orbax, keep N) and, at the end,
+`theta/` (`lopt.learned_opts.save_theta`: loadable with `load_optimizer`).
 Rerunning the same command resumes from the latest checkpoint.
 """
 
@@ -14,45 +15,29 @@ from typing import Any
 
 import jax
 
+from lopt import runs
 from lopt.meta._config import ConfigError, build_eval_fn, build_trainer
-from lopt.meta._checkpoint import SMALL_STATE, Checkpointer, save_small, to_host
+from lopt.meta._checkpoint import SMALL_STATE, save_small
 from lopt.meta._train import run
+from lopt.runs import Checkpointer, settings, to_host
 
 __all__ = ["meta_train", "export_theta", "export_small", "stopping_point",
-           "enable_compile_cache", "default_cache_dir"]
+           "enable_compile_cache", "default_cache_dir", "WorkdirMismatchError"]
 
 
 def default_cache_dir() -> pathlib.Path:
-  """`$LOPT_CACHE_DIR/jax`, else `~/.cache/lopt/jax`."""
-  import os
-  root = os.environ.get("LOPT_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache",
-                                                          "lopt")
-  return pathlib.Path(root) / "jax"
+  """`$LOPT_CACHE_DIR/jax`, else `~/.cache/lopt/jax` (`lopt.runs.settings`)."""
+  return settings.compile_cache_dir()
 
 
 def enable_compile_cache(folder: str | pathlib.Path | None = None) -> None:
   """Turns on JAX's persistent compilation cache (unless one is configured already): a
   rerun or resume of the same config skips the compile that dominates its first step."""
-  if jax.config.jax_compilation_cache_dir:
-    return
-  jax.config.update("jax_compilation_cache_dir", str(folder or default_cache_dir()))
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+  runs.enable_compile_cache(folder, min_compile_time_s=1.0)
 
 
-def _check_config(workdir: pathlib.Path, cfg: dict, *, write: bool) -> None:
-  """Refuses a workdir holding another config; with `write`, records this one."""
-  path = workdir / "config.json"
-  text = json.dumps(cfg, indent=1, sort_keys=True)
-  if path.exists():
-    if json.loads(path.read_text()) != json.loads(text):
-      raise ConfigError(f"{workdir} holds a run with a different config ({path}); resume it "
-                        "with the same config and --set values, or pick a new --workdir")
-    return
-  if write:
-    workdir.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+class WorkdirMismatchError(ConfigError, runs.RunDirMismatchError):
+  """`workdir` holds a run with another config (a `ConfigError` for `lopt meta-train`)."""
 
 
 def meta_train(cfg: dict, workdir: str | pathlib.Path, *, progress: bool = True,
@@ -69,11 +54,12 @@ def meta_train(cfg: dict, workdir: str | pathlib.Path, *, progress: bool = True,
       (workdir / SMALL_STATE).exists() or any((workdir / "checkpoints").glob("[0-9]*")))):
     raise ConfigError(f"--resume: {workdir} holds no run to continue (it needs config.json "
                       f"and a checkpoint or {SMALL_STATE}); drop --resume to start one")
+  run_dir = runs.RunDir(workdir)
   if primary:
-    _check_config(workdir, cfg, write=False)
+    run_dir.check(cfg, error=WorkdirMismatchError)
   trainer = build_trainer(cfg, devices=devices)  # invalid configs fail here, nothing written
   if primary:
-    _check_config(workdir, cfg, write=True)
+    run_dir.claim(cfg, error=WorkdirMismatchError)
   state = run(trainer, workdir, num_steps=int(cfg["num_steps"]), seed=int(cfg["seed"]),
               checkpoint_every=int(cfg["checkpoint_every"]), keep=int(cfg["keep"]),
               log_every=int(cfg["log_every"]), eval_every=int((cfg.get("eval") or {})

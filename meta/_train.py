@@ -20,8 +20,6 @@ Example:
 
 from __future__ import annotations
 
-import json
-import math
 import pathlib
 import time
 from typing import Any, Callable, NamedTuple, Sequence
@@ -32,7 +30,8 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from lopt.meta._checkpoint import SMALL_STATE, Checkpointer, load_small, save_small, to_host
+from lopt.meta._checkpoint import SMALL_STATE, load_small, save_small
+from lopt.runs import Checkpointer, MetricsWriter, to_host
 from lopt.meta._estimators import population_estimates, population_init
 
 __all__ = ["MetaState", "MetaTrainer", "outer_optimizer", "run", "MetricsWriter"]
@@ -178,44 +177,6 @@ class MetaTrainer:
     return _to_global(host_state, self.shardings)
 
 
-class MetricsWriter:
-  """Appends JSON lines to `path` (process 0 only) and, when tensorboardX is installed,
-  scalars to TensorBoard event files beside it."""
-
-  def __init__(self, path: pathlib.Path, *, resume_step: int | None = None):
-    self.path = pathlib.Path(path)
-    self.enabled = jax.process_index() == 0
-    self._tb = None
-    if not self.enabled:
-      return
-    self.path.parent.mkdir(parents=True, exist_ok=True)
-    if self.path.exists():  # drop rows past the checkpoint we resume from
-      keep = [l for l in self.path.read_text().splitlines()
-              if l.strip() and resume_step is not None and json.loads(l).get("step", 0)
-              <= resume_step]
-      self.path.write_text("".join(l + "\n" for l in keep))
-    try:
-      import tensorboardX  # optional
-      self._tb = tensorboardX.SummaryWriter(str(self.path.parent / "tb"))
-    except ImportError:
-      pass
-
-  def write(self, row: dict[str, Any]) -> None:
-    if not self.enabled:
-      return
-    row = {k: (float(v) if not isinstance(v, (str, int)) else v) for k, v in row.items()}
-    with self.path.open("a") as f:
-      f.write(json.dumps(row) + "\n")
-    if self._tb is not None:
-      for k, v in row.items():
-        if isinstance(v, float) and math.isfinite(v):
-          self._tb.add_scalar(f"{self.path.stem}/{k}", v, row["step"])
-
-  def close(self):
-    if self._tb is not None:
-      self._tb.close()
-
-
 def run(trainer: MetaTrainer, workdir: str | pathlib.Path, *, num_steps: int, seed: int = 0,
         checkpoint_every: int = 100, keep: int = 3, log_every: int = 1, eval_every: int = 0,
         eval_fn: Callable[[Any], dict[str, float]] | None = None, progress: bool = True,
@@ -259,9 +220,10 @@ def run(trainer: MetaTrainer, workdir: str | pathlib.Path, *, num_steps: int, se
     start = int(to_host(state.step))
     log(f"resuming from step {start} ({workdir / SMALL_STATE}: theta and outer state; "
         "the population of inner problems is drawn afresh)")
-  start = start or 0
+  # The resume rule of `lopt.runs`: metric rows past the restored step are dropped.
   writer = MetricsWriter(workdir / "metrics.jsonl", resume_step=start)
   eval_writer = MetricsWriter(workdir / "eval.jsonl", resume_step=start)
+  start = start or 0
   bar = None
   if progress and primary:
     import tqdm

@@ -11,8 +11,10 @@ edges carry no parameter, so they are masked out by construction).
 Training: AdamW (lr 3e-3, wd 1e-2) with a cosine decay to 1e-6, global-norm clipping at 5.
 NaN-safe: a batch whose loss or gradients are not finite is skipped (theta and the optimizer
 state are left as they were; the count is logged) and a checkpoint is only written when
-theta is finite. Checkpoints (theta, optimizer state, step) go through orbax into
-`<out>/checkpoints/` every `save_every` steps, so an interrupted fit resumes; the final
+theta is finite. `<out>` is a `lopt.runs.RunDir`: its `config.json` is claimed (a folder
+holding a fit of another config is refused), checkpoints (theta, optimizer state) go
+through orbax into `<out>/checkpoints/` every `save_every` steps, so an interrupted fit
+resumes, and `metrics.jsonl` drops the rows past the restored step; the final
 nowcaster is written with `lopt.learned_opts.nino.save_nowcaster` into `<out>/nowcaster/`.
 
 Example:
@@ -36,6 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from lopt import runs
 from lopt.training import trajectories as traj_lib
 
 __all__ = ["NoTrajectoriesError", "WindowSampler", "load_config", "fit", "normalise",
@@ -254,7 +257,6 @@ def fit(config: dict, data_dir: str | os.PathLike, out_dir: str | os.PathLike, *
 
   Returns a summary dict (steps, first/last mean loss, skipped batches, output path).
   """
-  import orbax.checkpoint as ocp
   from tqdm import tqdm
 
   data_dir, out_dir = pathlib.Path(data_dir), pathlib.Path(out_dir).absolute()
@@ -262,6 +264,8 @@ def fit(config: dict, data_dir: str | os.PathLike, out_dir: str | os.PathLike, *
   if not paths:
     raise NoTrajectoriesError(f"no trajectories under {data_dir}; record some with "
                               "`lopt nowcast record --out DIR`")
+  run_dir = runs.RunDir(out_dir)
+  run_dir.claim(config)  # a folder holding another fit is refused, as for every loop
   sampler = WindowSampler(paths, ctx=config["ctx"], seq_len=config["seq_len"],
                           stride=config["stride"], samples_per_traj=config["samples_per_traj"])
   cfg = model_config(config)
@@ -271,43 +275,36 @@ def fit(config: dict, data_dir: str | os.PathLike, out_dir: str | os.PathLike, *
   opt_state = opt.init(theta)
   step_fn = make_train_step(apply_all, opt, config["lpe_flip"] and config["model"] == "nino")
 
-  out_dir.mkdir(parents=True, exist_ok=True)
-  (out_dir / "config.json").write_text(json.dumps(config, indent=1))
-  manager = ocp.CheckpointManager(out_dir / "checkpoints",
-                                  options=ocp.CheckpointManagerOptions(max_to_keep=2))
-  start = 0
-  if manager.latest_step() is not None:
-    start = int(manager.latest_step())
-    restored = manager.restore(start, args=ocp.args.StandardRestore(
-        {"theta": theta, "opt_state": opt_state}))
+  ckpt = run_dir.checkpoints(keep=2)
+  start = ckpt.latest_step()
+  if start is not None:
+    restored = ckpt.restore(start, {"theta": theta, "opt_state": opt_state})
     theta, opt_state = restored["theta"], restored["opt_state"]
-  rng = np.random.default_rng([config["seed"], start])
-  log = open(out_dir / "metrics.jsonl", "a")
+  rng = np.random.default_rng([config["seed"], start or 0])
+  log = run_dir.metrics(resume_step=start, tensorboard=False)
+  start = start or 0
   losses, skipped, t0 = [], 0, time.time()
   bar = tqdm(total=config["steps"], initial=start, desc=f"fit {config['model']}",
              disable=not progress)
   first_loss = None
-  for step in range(start, config["steps"]):
-    gi, batch = sampler.sample(rng, config["batch_trajs"])
-    theta, opt_state, loss, ok = step_fn(theta, opt_state, sampler.groups[gi].graph, batch)
-    if bool(ok):
-      losses.append(float(loss))
-      first_loss = losses[0] if first_loss is None else first_loss
-    else:
-      skipped += 1
-    bar.update(1)
-    done = step + 1
-    if done % config["log_every"] == 0 or done == config["steps"]:
-      recent = float(np.mean(losses[-config["log_every"]:])) if losses else float("nan")
-      log.write(json.dumps({"step": done, "loss": recent, "skipped": skipped,
-                            "time": time.time() - t0}) + "\n")
-      log.flush()
-      bar.set_postfix(loss=f"{recent:.4f}")
-    if (done % config["save_every"] == 0 or done == config["steps"]) and _all_finite(theta):
-      manager.save(done, args=ocp.args.StandardSave({"theta": theta, "opt_state": opt_state}))
-  bar.close()
-  manager.wait_until_finished()
-  log.close()
+  with ckpt, log:
+    for step in range(start, config["steps"]):
+      gi, batch = sampler.sample(rng, config["batch_trajs"])
+      theta, opt_state, loss, ok = step_fn(theta, opt_state, sampler.groups[gi].graph, batch)
+      if bool(ok):
+        losses.append(float(loss))
+        first_loss = losses[0] if first_loss is None else first_loss
+      else:
+        skipped += 1
+      bar.update(1)
+      done = step + 1
+      if done % config["log_every"] == 0 or done == config["steps"]:
+        recent = float(np.mean(losses[-config["log_every"]:])) if losses else float("nan")
+        log.write({"step": done, "loss": recent, "skipped": skipped, "time": time.time() - t0})
+        bar.set_postfix(loss=f"{recent:.4f}")
+      if (done % config["save_every"] == 0 or done == config["steps"]) and _all_finite(theta):
+        ckpt.save(done, {"theta": theta, "opt_state": opt_state})
+    bar.close()
   if not _all_finite(theta):
     raise FloatingPointError("theta became non-finite; nothing was saved")
   from lopt.learned_opts import nino

@@ -32,6 +32,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import optax
 
+from lopt import runs
 from lopt.tasks import distribution
 from lopt.training import train
 
@@ -149,24 +150,11 @@ def candidate(source: str) -> MakeTx:
   return lambda num_steps: lopt.make(theta, num_steps=num_steps)
 
 
-def _finite(x: Any) -> Any:
-  """JSON-safe: inf/NaN -> None, recursively."""
-  if isinstance(x, dict):
-    return {k: _finite(v) for k, v in x.items()}
-  if isinstance(x, (list, tuple)):
-    return [_finite(v) for v in x]
-  if isinstance(x, float) and not math.isfinite(x):
-    return None
-  return x
-
-
 def write_report(result: dict, out: str | pathlib.Path) -> None:
   """`selection.json`, `selection.md` (a table) and `selection.png` (per-task log ratios)."""
   out = pathlib.Path(out)
   out.mkdir(parents=True, exist_ok=True)
-  tmp = out / "selection.json.tmp"
-  tmp.write_text(json.dumps(_finite(result), indent=1))
-  tmp.replace(out / "selection.json")
+  runs.atomic_write_json(out / "selection.json", result)  # inf/NaN -> null
   lines = ["| candidate | score: mean log(final valid / tuned Adam) | best-valid log ratio | "
            "train-loss log ratio | tasks won |", "|---|---|---|---|---|"]
   for name, s in sorted(result["candidates"].items(), key=lambda kv: kv[1]["score"]):

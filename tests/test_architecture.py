@@ -11,20 +11,23 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 # part -> the parts it may import (docs/design.md, "Allowed arrows").
 ALLOWED = {
-    "tasks": set(),
-    "learned_opts": set(),
-    "optimizers": {"learned_opts"},
-    "training": {"tasks"},
-    "meta": {"tasks", "learned_opts", "optimizers", "training"},
-    "eval": {"tasks", "learned_opts", "optimizers", "training"},
-    "analysis": {"tasks", "learned_opts", "optimizers", "training", "eval"},
-    "configs": {"tasks"},
+    "runs": set(),  # the run-directory layer: every part may import it, it imports none
+    "tasks": {"runs"},
+    "learned_opts": {"runs"},
+    "optimizers": {"learned_opts", "runs"},
+    "training": {"tasks", "runs"},
+    "meta": {"tasks", "learned_opts", "optimizers", "training", "runs"},
+    "eval": {"tasks", "learned_opts", "optimizers", "training", "runs"},
+    "analysis": {"tasks", "learned_opts", "optimizers", "training", "eval", "runs"},
+    "configs": {"tasks", "runs"},
     "cli": {"tasks", "learned_opts", "optimizers", "training", "meta", "eval", "analysis",
-            "configs", "benchmarks"},
+            "configs", "benchmarks", "runs"},
     "benchmarks": {"tasks", "learned_opts", "optimizers", "training", "meta", "eval",
-                   "analysis", "configs"},
+                   "analysis", "configs", "runs"},
 }
 PURE_NUMPY = ("eval/metrics.py", "eval/scoring.py")
+# The leaf layer's third-party imports: nothing heavier than jax, numpy and orbax.
+RUNS_MAY_IMPORT = {"jax", "numpy", "orbax", "tensorboardX"}
 
 # Known breaks, listed so that no new one can appear (a deprecation shim that must import a
 # moved name, say). Remove an entry when its import goes; the list only shrinks.
@@ -87,6 +90,19 @@ def test_metrics_and_scoring_import_no_jax(rel):
   names |= {n.module.split(".")[0] for n in ast.walk(tree)
             if isinstance(n, ast.ImportFrom) and n.module}
   assert not names & {"jax", "jaxlib", "haiku", "optax"}, rel
+
+
+def test_the_run_directory_layer_imports_only_jax_numpy_orbax():
+  import sys
+  stdlib = set(sys.stdlib_module_names) | {"__future__"}
+  for path in sorted((ROOT / "runs").rglob("*.py")):
+    tree = ast.parse(path.read_text())
+    names = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import)
+             for a in n.names}
+    names |= {n.module.split(".")[0] for n in ast.walk(tree)
+              if isinstance(n, ast.ImportFrom) and n.module and n.level == 0}
+    extra = names - stdlib - RUNS_MAY_IMPORT - {"lopt"}
+    assert not extra, f"{path.relative_to(ROOT)} imports {sorted(extra)}"
 
 
 def test_known_breaks_are_still_there():

@@ -8,8 +8,8 @@ import pytest
 
 import lopt
 
-_SUBPACKAGES = ("tasks", "learned_opts", "meta", "training", "eval", "optimizers", "analysis",
-                "cli")
+_SUBPACKAGES = ("runs", "tasks", "learned_opts", "meta", "training", "eval", "optimizers",
+                "analysis", "cli")
 
 
 def _modules() -> list[str]:

@@ -79,9 +79,18 @@ def test_two_processes_meta_train_together(tmp_path):
       tr = make_trainer(None)
       workdir = sys.argv[2]
       st = meta.run(tr, workdir, num_steps=6, checkpoint_every=3, progress=False)
-      theta = meta.Checkpointer  # noqa
-      from lopt.meta._checkpoint import to_host
-      print(json.dumps({{"theta": float(to_host(st.theta)["log_lr"])}}))
+      from lopt import runs
+      again = meta.run(tr, workdir, num_steps=6, progress=False)  # resumes: restore, broadcast
+      ck = runs.Checkpointer(workdir + "/ck")   # process 0 writes, every process reads back
+      ck.save(1, {{"x": np.arange(3.0), "empty": np.zeros((0,))}}, meta={{"note": "\u00e9"}})
+      got = ck.meta(1)
+      assert ck.latest_step() == 1 and got["note"] == "\u00e9", got
+      assert got["leaves"] == ["['empty']", "['x']"], got
+      back = ck.restore(1, {{"x": np.zeros(3), "empty": np.zeros((0,))}})
+      assert back["x"].tolist() == [0, 1, 2] and back["empty"].shape == (0,), (pid, back)
+      ck.close()
+      print(json.dumps({{"theta": float(runs.to_host(st.theta)["log_lr"]),
+                         "again": float(runs.to_host(again.theta)["log_lr"])}}))
   """)
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   env.pop("XLA_FLAGS", None)
@@ -99,7 +108,7 @@ def test_two_processes_meta_train_together(tmp_path):
     for p in procs:
       if p.poll() is None:
         p.kill()
-  assert outs[0]["theta"] == outs[1]["theta"]
+  assert outs[0]["theta"] == outs[1]["theta"] == outs[0]["again"] == outs[1]["again"]
   # Only process 0 wrote: metrics and checkpoints in its workdir, nothing in process 1's.
   assert (dirs[0] / "metrics.jsonl").exists() and (dirs[0] / "checkpoints" / "6").is_dir()
   assert not dirs[1].exists()

@@ -15,7 +15,7 @@ import numpy as np
 import optax
 import pytest
 
-from lopt import meta
+from lopt import meta, runs
 from lopt.meta import testing
 from lopt.meta._config import apply_overrides, build_trainer, load_config, ConfigError
 
@@ -182,8 +182,10 @@ def test_sigkill_and_resume_is_bit_identical(tmp_path):
   rows = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
   assert [r["step"] for r in rows] == list(range(1, 401))  # resumed rows replace lost ones
   # A different config in the same workdir is refused.
-  with pytest.raises(ConfigError, match="different config"):
+  with pytest.raises(ConfigError, match="different config") as refused:
     meta_train(apply_overrides(cfg, ["seed=1"]), tmp_path / "run", progress=False)
+  assert isinstance(refused.value, runs.RunDirMismatchError)  # the rule every loop shares
+  assert "seed: 0 != 1" in str(refused.value)
 
 
 def test_checkpointer_round_trips_keys_counters_and_empty_leaves(tmp_path):

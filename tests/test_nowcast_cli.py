@@ -18,6 +18,10 @@ def test_record_writes_trajectories(tmp_path, capsys):
   assert t0.states.shape == (3, 2410) and t0.meta["optimizer"] == {"name": "adam", "lr": 1e-3}
   assert not np.array_equal(t0.states[0], t1.states[0])          # seeds differ
   assert len(open(tmp_path / "index.jsonl").readlines()) == 2
+  # Recording other settings into the same folder is refused: one line, exit 2.
+  assert main(["nowcast", "record", "--tasks", "digits-mlp-32", "--steps", "12", "--every", "4",
+               "--seeds", "0", "--out", str(tmp_path), "--no-progress"]) == 2
+  assert "different config (num_steps: 8 != 12)" in capsys.readouterr().err
 
 
 def test_bad_input_exits_2(tmp_path, capsys):

@@ -2,12 +2,14 @@
 
 import importlib
 import json
+import shutil
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from lopt import runs
 from lopt.meta import nowcast_fit as nf
 from lopt.training import trajectories as tr
 
@@ -94,7 +96,7 @@ def test_load_config_overrides():
     nf.load_config("nowcast_nope")
 
 
-def test_fit_end_to_end_resumes_and_saves_a_usable_nowcaster(traj_dir, tmp_path):
+def test_fit_end_to_end_resumes_and_saves_a_usable_nowcaster(traj_dir, tmp_path, capsys):
   from lopt.learned_opts import nino
   nc = importlib.import_module("lopt.learned_opts.nino.nowcast")
   over = {"steps": 6, "save_every": 3, "log_every": 3, "stride": 2, "hidden": 8,
@@ -104,10 +106,20 @@ def test_fit_end_to_end_resumes_and_saves_a_usable_nowcaster(traj_dir, tmp_path)
   assert first["resumed_from"] == 0 and first["skipped_batches"] == 0
   out = nf.fit(config, traj_dir, tmp_path / "run2", progress=False)
   assert out["resumed_from"] == 0
-  again = nf.fit(dict(config, steps=9), traj_dir, tmp_path / "run2", progress=False)
-  assert again["resumed_from"] == 6                  # orbax checkpoint picked up
+  shutil.rmtree(tmp_path / "run2" / "checkpoints" / "6")  # as if stopped after step 3's save
+  again = nf.fit(config, traj_dir, tmp_path / "run2", progress=False)
+  assert again["resumed_from"] == 3                  # orbax checkpoint picked up
   lines = [json.loads(l) for l in open(tmp_path / "run2" / "metrics.jsonl")]
-  assert [l["step"] for l in lines] == [3, 6, 9]
+  assert [l["step"] for l in lines] == [3, 6]        # the row past step 3 was rewritten
+  # Another config (here a longer cosine schedule) is refused, as in every run folder.
+  with pytest.raises(runs.RunDirMismatchError, match="steps: 6 != 9"):
+    nf.fit(dict(config, steps=9), traj_dir, tmp_path / "run2", progress=False)
+  from lopt.cli import main  # the CLI: one line, exit 2, the folder left as it was
+  sets = [x for k, v in dict(over, steps=9).items() for x in ("--set", f"{k}={v}")]
+  assert main(["nowcast", "fit", "--data", str(traj_dir), "--out", str(tmp_path / "run2"),
+               "--no-progress", *sets]) == 2
+  assert "different config (steps: 6 != 9)" in capsys.readouterr().err
+  assert json.loads((tmp_path / "run2" / "config.json").read_text())["steps"] == 6
   model = nino.load_nowcaster(again["nowcaster"])
   assert model.config.kind == "wnn" and model.config.hid == 8
   hist = tr.load_trajectory(tr.list_trajectories(traj_dir)[0]).stacked(range(0, 50, 10))

@@ -13,7 +13,7 @@ import numpy as np
 import optax
 import pytest
 
-from lopt import optimizers
+from lopt import optimizers, runs
 from lopt.tasks.base import Task, register_task
 from lopt.optimizers import make_optimizer
 from lopt.training import train
@@ -131,9 +131,11 @@ def test_run_dir_outputs_and_resume_mismatch(tmp_path):
   assert [x["step"] for x in lines] == [0, 20, 40, 60]
   assert (out / "loss_curve.png").stat().st_size > 1000
   assert json.loads((out / "result.json").read_text())["steps"] == 60
-  with pytest.raises(RunDirMismatchError, match="different run"):
+  with pytest.raises(RunDirMismatchError, match="different run") as refused:
     train(quad(), optax.adam(0.05), 80, eval_every=20, out_dir=out, progress=False,
           run_info={"optimizer": "adam"})
+  assert "num_steps: 60 != 80" in str(refused.value)  # the rule of every run folder
+  assert RunDirMismatchError is runs.RunDirMismatchError
 
 
 _KILL_SCRIPT = textwrap.dedent("""

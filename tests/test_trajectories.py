@@ -11,6 +11,7 @@ import numpy as np
 import optax
 import pytest
 
+from lopt import runs
 from lopt.tasks.base import Task, register_task
 from lopt.training import trajectories as tr
 
@@ -74,10 +75,15 @@ def test_record_and_reload(tmp_path):
   np.testing.assert_array_equal(stacked["mlp/~/linear_1"]["b"][1],
                                 traj.snapshot(5)["mlp/~/linear_1"]["b"])
 
-  # Reloading from disk gives the same data; a complete trajectory is not re-recorded.
-  again = tr.record_trajectory(task, tmp_path / "t0", num_steps=999, every=1)
+  # Reloading from disk gives the same data; a complete trajectory is not re-recorded, and
+  # other settings are refused (the resume rule of every run folder).
+  again = tr.record_trajectory(task, tmp_path / "t0", num_steps=40, every=4, seed=1, lr=1e-2)
   np.testing.assert_array_equal(again.states, traj.states)
   assert tr.list_trajectories(tmp_path) == [tmp_path / "t0"]
+  with pytest.raises(runs.RunDirMismatchError, match="num_steps: 40 != 999"):
+    tr.record_trajectory(task, tmp_path / "t0", num_steps=999, every=4, seed=1, lr=1e-2)
+  with pytest.raises(runs.RunDirMismatchError, match="lr"):
+    tr.record_trajectory(task, tmp_path / "t0", num_steps=40, every=4, seed=1)
 
 
 def test_interrupted_run_leaves_nothing(tmp_path):

@@ -17,6 +17,7 @@ import sysconfig
 import numpy as np
 import tensorflow_datasets as tfds
 
+from lopt.runs import settings
 from lopt.tasks.datasets._info import BUILDER_VERSION, DatasetUnavailableError
 
 _VERSION = tfds.core.Version(BUILDER_VERSION)
@@ -194,7 +195,7 @@ class LoptPycode(tfds.core.GeneratorBasedBuilder):
 
 # ----------------------------------------------------------------------------- fashion_mnist
 
-FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+FASHION_MNIST_DIR = settings.DEFAULT_FASHION_MNIST_DIR
 FASHION_MNIST_FILES = {
     "train_images": "train-images-idx3-ubyte.gz",
     "train_labels": "train-labels-idx1-ubyte.gz",
@@ -211,7 +212,7 @@ FASHION_MNIST_HELP = (
 
 def fashion_mnist_dir(manual_dir: str | os.PathLike | None = None) -> pathlib.Path:
   """The folder holding the IDX files: argument, then $LOPT_FASHION_MNIST_DIR, then Debian's."""
-  return pathlib.Path(manual_dir or os.environ.get("LOPT_FASHION_MNIST_DIR") or FASHION_MNIST_DIR)
+  return settings.fashion_mnist_dir(manual_dir)
 
 
 def check_fashion_mnist_dir(manual_dir: str | os.PathLike | None = None) -> pathlib.Path:

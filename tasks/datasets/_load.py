@@ -11,15 +11,16 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
+from lopt import runs
+from lopt.runs import settings
 from lopt.tasks.datasets._info import BUILDER_VERSION, DatasetInfo, check_split, get_info
 
-DEFAULT_DATA_DIR = "~/.cache/lopt/tfds"
+DEFAULT_DATA_DIR = settings.DEFAULT_DATA_DIR
 
 
 def resolve_data_dir(path: str | os.PathLike | None = None) -> pathlib.Path:
   """The prepared-data folder: `path`, else `$LOPT_DATA_DIR`, else `~/.cache/lopt/tfds`."""
-  path = path or os.environ.get("LOPT_DATA_DIR") or DEFAULT_DATA_DIR
-  return pathlib.Path(path).expanduser().resolve()
+  return settings.data_dir(path)
 
 
 @contextlib.contextmanager
@@ -192,13 +193,11 @@ def _load_cached(name: str, split: str, folder: str) -> dict[str, np.ndarray]:
     if info.kind == "text" and not info.stock:  # one stream, files in sorted path order
       examples = sorted(examples, key=lambda e: e["path"])
     raw = _stack(info, examples)
-    tmp = cache.with_name(f".{cache.name}.{os.getpid()}.tmp")
     try:  # atomic: a reader never sees a partial file
-      with open(tmp, "wb") as f:
+      with runs.atomic_path(cache) as tmp, open(tmp, "wb") as f:
         np.savez(f, **raw)
-      os.replace(tmp, cache)
     except OSError:                  # read-only data dir: fine, just slower next time
-      tmp.unlink(missing_ok=True)
+      pass
   return _finish_read_only(info, raw)
 
 

@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import functools
 import importlib.util
-import os
 import pathlib
 import socket
 import urllib.parse
 
+from lopt.runs import settings
 from lopt.tasks.datasets._info import OFFLINE, DatasetInfo, DatasetUnavailableError
 
 PROBE_TIMEOUT_S = 3.0
@@ -46,7 +46,7 @@ def network_available(host: str, port: int = 443) -> bool:
 
 
 def _offline_env() -> bool:
-  return os.environ.get("LOPT_OFFLINE", "").lower() not in ("", "0", "false", "no")
+  return settings.offline()
 
 
 def check_can_prepare(info: DatasetInfo, folder: pathlib.Path) -> None:
