@@ -62,11 +62,11 @@ def default_lr_grid(spec: str, num: int) -> list[float]:
 
 def jsonable(x: Any) -> Any:
   """numpy -> plain Python, non-finite floats -> "inf"/"-inf"/"nan" strings kept JSON-valid."""
-  return runs.strict_json(x, nonfinite="string")
+  return rundir.strict_json(x, nonfinite="string")
 
 
 def write_json(path: str | os.PathLike, data: dict) -> pathlib.Path:
-  return runs.atomic_write_json(path, data, nonfinite="string")
+  return rundir.atomic_write_json(path, data, nonfinite="string")
 
 
 def figure(nrows: int = 1, ncols: int = 1, **kw):

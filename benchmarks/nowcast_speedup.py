@@ -34,7 +34,7 @@ import sys
 import numpy as np
 import optax
 
-from lopt import runs
+from lopt import rundir
 
 # The official NiNo weights: $LOPT_SHARED_DIR/pretrained/nino, else ../shared beside the repo.
 _SHARED = os.path.join(os.environ.get("LOPT_SHARED_DIR") or os.path.join(
@@ -94,7 +94,7 @@ def cached_run(path: str | None, key: dict, fn) -> dict:
       return saved["run"]
   run = fn()
   if path:
-    runs.atomic_write_text(path, json.dumps({"key": key, "run": run}))
+    rundir.atomic_write_text(path, json.dumps({"key": key, "run": run}))
   return run
 
 

@@ -16,7 +16,7 @@ import math
 import sys
 from typing import Any, TextIO
 
-from lopt import runs
+from lopt import rundir
 
 _STDOUT: list[TextIO] = []  # the real stdout of the running command (a stack: nested mains)
 
@@ -34,7 +34,7 @@ def out(text: str = "") -> None:
 
 def to_json(obj: Any, **kwargs: Any) -> str:
   """Standard JSON: NaN and infinities become null (bare `NaN` breaks `jq` and browsers)."""
-  return runs.dumps(obj, **kwargs)
+  return rundir.dumps(obj, **kwargs)
 
 
 def emit_json(obj: Any, **kwargs: Any) -> None:

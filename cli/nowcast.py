@@ -56,7 +56,7 @@ def run_record(args: argparse.Namespace) -> int:
   seeds = _ints(args.seeds, "--seeds")
   from lopt.cli import check_output_dir
   check_output_dir(args.out)
-  from lopt import runs, tasks
+  from lopt import rundir, tasks
   from lopt.tasks import datasets
   from lopt.training import trajectories
 
@@ -89,7 +89,7 @@ def run_record(args: argparse.Namespace) -> int:
         traj = trajectories.record_trajectory(
             task, out / name / f"seed{seed}", num_steps=steps, every=args.every, seed=seed,
             lr=args.lr, progress=lambda d: bar.update(d - bar.n))
-      except runs.RunDirMismatchError as e:
+      except rundir.RunDirMismatchError as e:
         raise UsageError(str(e)) from None
       finally:
         bar.close()
@@ -106,7 +106,7 @@ def run_fit(args: argparse.Namespace) -> int:
   from lopt.cli import UsageError
   from lopt.cli import check_output_dir
   from lopt.cli.train import parse_overrides
-  from lopt import runs
+  from lopt import rundir
   from lopt.meta import nowcast_fit
   check_output_dir(args.out)
   try:
@@ -119,7 +119,7 @@ def run_fit(args: argparse.Namespace) -> int:
                      "`lopt nowcast record --out DIR`")
   try:
     result = nowcast_fit.fit(config, data, args.out, progress=not args.no_progress)
-  except (nowcast_fit.NoTrajectoriesError, runs.RunDirMismatchError) as e:
+  except (nowcast_fit.NoTrajectoriesError, rundir.RunDirMismatchError) as e:
     raise UsageError(str(e)) from None
   emit_json(result)
   return 0

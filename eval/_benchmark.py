@@ -19,7 +19,7 @@ import pathlib
 import sys
 from typing import Any, Sequence
 
-from lopt import runs
+from lopt import rundir
 from lopt.eval import _analysis, _jobs, _specs, _tasks, _tuning, metrics
 from lopt.eval._specs import OptimizerSpec
 from lopt.eval._tasks import TaskEntry
@@ -32,7 +32,7 @@ class BenchmarkError(ValueError):
   optimizer named explicitly that could not run."""
 
 
-class BenchmarkDirMismatchError(BenchmarkError, runs.RunDirMismatchError):
+class BenchmarkDirMismatchError(BenchmarkError, rundir.RunDirMismatchError):
   """`out` holds a benchmark with other tasks, budgets or tuning settings."""
 
 
@@ -214,7 +214,7 @@ def run_benchmark(suite: str = "demo", optimizers: str | Sequence[str] = "demo",
             "training_version": _tasks.TRAINING_VERSION}
   # Resuming into `out` needs the same tasks, budgets and tuning settings (adding
   # optimizers or seeds is fine: config.json then records the new ones).
-  runs.RunDir(out).claim(_jobs.to_jsonable(config), keys=_SAME,
+  rundir.RunDir(out).claim(_jobs.to_jsonable(config), keys=_SAME,
                          error=BenchmarkDirMismatchError)
   cache = tuning_dir.parent / "jax_cache" if compile_cache else None
   run = dict(workers=workers, progress=progress, compile_cache=cache, local_tasks=local,

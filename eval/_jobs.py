@@ -18,15 +18,15 @@ from typing import Any, Iterable, NamedTuple, Sequence
 
 import numpy as np
 
-from lopt import runs
+from lopt import rundir
 
 # ---------------------------------------------------------------------------------------
 # JSON with non-finite floats as strings ("inf", "-inf", "nan"): strict JSON on disk that
-# keeps a diverged run's sign (`lopt.runs.strict_json(nonfinite="string")`).
+# keeps a diverged run's sign (`lopt.rundir.strict_json(nonfinite="string")`).
 
 
 def to_jsonable(x: Any) -> Any:
-  return runs.strict_json(x, nonfinite="string")
+  return rundir.strict_json(x, nonfinite="string")
 
 
 def as_float_array(values: Sequence[Any]) -> np.ndarray:
@@ -35,8 +35,8 @@ def as_float_array(values: Sequence[Any]) -> np.ndarray:
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
-  """Writes strict JSON atomically (`lopt.runs.atomic_write_json`)."""
-  runs.atomic_write_json(path, obj, indent=None, nonfinite="string")
+  """Writes strict JSON atomically (`lopt.rundir.atomic_write_json`)."""
+  rundir.atomic_write_json(path, obj, indent=None, nonfinite="string")
 
 
 def read_json(path: str | os.PathLike) -> Any:
@@ -155,7 +155,7 @@ def enable_compile_cache(folder: str | os.PathLike | None) -> None:
   program is cached (no minimum compile time).
   """
   if folder is not None:
-    runs.enable_compile_cache(folder, min_compile_time_s=0.0)
+    rundir.enable_compile_cache(folder, min_compile_time_s=0.0)
 
 
 def _worker_init(compile_cache: str | None, local_tasks: dict | None = None) -> None:

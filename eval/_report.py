@@ -9,7 +9,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from lopt import runs
+from lopt import rundir
 from lopt.eval import _jobs, metrics
 from lopt.eval._analysis import SMOOTHING
 
@@ -37,11 +37,11 @@ def write_all(out: str | pathlib.Path, results: dict, *, plots: bool = True) -> 
   if summary_rows:
     _write_csv(out / "summary.csv", summary_rows, list(summary_rows[0]))
   figures = write_plots(out / "plots", results) if plots else {}
-  runs.atomic_write_text(out / "report.md", markdown(results, figures))
+  rundir.atomic_write_text(out / "report.md", markdown(results, figures))
 
 
 def _write_csv(path: pathlib.Path, rows: Sequence[dict], columns: Sequence[str]) -> None:
-  with runs.atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+  with rundir.atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
     w = csv.DictWriter(f, fieldnames=list(columns), extrasaction="ignore")
     w.writeheader()
     for r in rows:

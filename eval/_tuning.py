@@ -33,7 +33,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from lopt.eval import _jobs, _tasks
-from lopt.runs import settings
+from lopt.rundir import settings
 from lopt.eval._specs import OptimizerSpec
 
 TUNE_SEED_OFFSET = 1000

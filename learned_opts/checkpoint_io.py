@@ -27,7 +27,7 @@ import ml_dtypes
 import msgpack
 import numpy as np
 
-from lopt import runs
+from lopt import rundir
 
 __all__ = ["CheckpointFormatError", "ThetaMismatchError", "read_msgpack", "write_msgpack",
            "to_msgpack_bytes", "from_msgpack_bytes", "flatten_dict", "unflatten_dict",
@@ -176,7 +176,7 @@ def write_msgpack(path: str | os.PathLike, tree: Any) -> None:
   Example (a VeLO-format theta file):
     write_msgpack("theta.ckpt", {"params": theta, "gen_id": "mine", "step": 0})
   """
-  runs.atomic_write_bytes(path, to_msgpack_bytes(tree))
+  rundir.atomic_write_bytes(path, to_msgpack_bytes(tree))
 
 
 def flatten_dict(tree: Mapping[str, Any], sep: str = "/", prefix: str = "") -> dict[str, Any]:
@@ -412,7 +412,7 @@ def save_theta(directory: str | os.PathLike, lopt: Any, theta: Any, *,
           "theta_format": "orbax",
           "num_meta_params": int(sum(np.size(x) for x in jax.tree.leaves(theta)))}
   meta.update(dict(extra_meta or {}))
-  with runs.atomic_dir(directory) as tmp:
+  with rundir.atomic_dir(directory) as tmp:
     host = jax.tree.map(lambda x: np.asarray(x, np.float32), theta)
     with ocp.StandardCheckpointer() as ck:
       ck.save(tmp / THETA_SUBDIR, host)

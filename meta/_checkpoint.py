@@ -1,8 +1,8 @@
-"""The meta-training state on disk: full checkpoints through `lopt.runs.Checkpointer`, and
+"""The meta-training state on disk: full checkpoints through `lopt.rundir.Checkpointer`, and
 the small resume state.
 
 Full checkpoints (`checkpoints/<step>/`) hold the whole `MetaState`, written by process 0
-after a gather and broadcast on restore (see `lopt.runs.Checkpointer`: keep N, atomic,
+after a gather and broadcast on restore (see `lopt.rundir.Checkpointer`: keep N, atomic,
 zero-size leaves and older layouts handled there), so every leaf, including PRNG keys and
 counters, comes back bit-identical.
 """
@@ -16,8 +16,8 @@ from typing import Any
 import jax
 import numpy as np
 
-from lopt import runs
-from lopt.runs import Checkpointer, to_host
+from lopt import rundir
+from lopt.rundir import Checkpointer, to_host
 
 __all__ = ["Checkpointer", "to_host", "save_small", "load_small", "SMALL_STATE"]
 
@@ -38,7 +38,7 @@ def save_small(path: str | pathlib.Path, state: Any) -> None:
   flat = jax.tree_util.tree_flatten_with_path(small)[0]
   arrays = {f"l{i:05d}": np.asarray(x) for i, (_, x) in enumerate(flat)}
   arrays["paths"] = np.asarray(json.dumps([jax.tree_util.keystr(p) for p, _ in flat]))
-  with runs.atomic_path(path) as tmp:
+  with rundir.atomic_path(path) as tmp:
     np.savez(tmp, **arrays)
 
 

@@ -1,6 +1,6 @@
 """`meta_train(cfg, workdir)`: the whole experiment behind `lopt meta-train`.
 
-Writes into `workdir`, through `lopt.runs` (the resume rule every loop shares):
+Writes into `workdir`, through `lopt.rundir` (the resume rule every loop shares):
 `config.json` (the resolved config; a rerun with a different config is refused),
 `metrics.jsonl`, `eval.jsonl`, `checkpoints/<step>/` (orbax, keep N) and, at the end,
 `theta/` (`lopt.learned_opts.save_theta`: loadable with `load_optimizer`).
@@ -15,28 +15,28 @@ from typing import Any
 
 import jax
 
-from lopt import runs
+from lopt import rundir
 from lopt.meta._config import ConfigError, build_eval_fn, build_trainer
 from lopt.meta._checkpoint import SMALL_STATE, save_small
 from lopt.meta._train import run
-from lopt.runs import Checkpointer, settings, to_host
+from lopt.rundir import Checkpointer, settings, to_host
 
 __all__ = ["meta_train", "export_theta", "export_small", "stopping_point",
            "enable_compile_cache", "default_cache_dir", "WorkdirMismatchError"]
 
 
 def default_cache_dir() -> pathlib.Path:
-  """`$LOPT_CACHE_DIR/jax`, else `~/.cache/lopt/jax` (`lopt.runs.settings`)."""
+  """`$LOPT_CACHE_DIR/jax`, else `~/.cache/lopt/jax` (`lopt.rundir.settings`)."""
   return settings.compile_cache_dir()
 
 
 def enable_compile_cache(folder: str | pathlib.Path | None = None) -> None:
   """Turns on JAX's persistent compilation cache (unless one is configured already): a
   rerun or resume of the same config skips the compile that dominates its first step."""
-  runs.enable_compile_cache(folder, min_compile_time_s=1.0)
+  rundir.enable_compile_cache(folder, min_compile_time_s=1.0)
 
 
-class WorkdirMismatchError(ConfigError, runs.RunDirMismatchError):
+class WorkdirMismatchError(ConfigError, rundir.RunDirMismatchError):
   """`workdir` holds a run with another config (a `ConfigError` for `lopt meta-train`)."""
 
 
@@ -54,7 +54,7 @@ def meta_train(cfg: dict, workdir: str | pathlib.Path, *, progress: bool = True,
       (workdir / SMALL_STATE).exists() or any((workdir / "checkpoints").glob("[0-9]*")))):
     raise ConfigError(f"--resume: {workdir} holds no run to continue (it needs config.json "
                       f"and a checkpoint or {SMALL_STATE}); drop --resume to start one")
-  run_dir = runs.RunDir(workdir)
+  run_dir = rundir.RunDir(workdir)
   if primary:
     run_dir.check(cfg, error=WorkdirMismatchError)
   trainer = build_trainer(cfg, devices=devices)  # invalid configs fail here, nothing written

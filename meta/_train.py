@@ -31,7 +31,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from lopt.meta._checkpoint import SMALL_STATE, load_small, save_small
-from lopt.runs import Checkpointer, MetricsWriter, to_host
+from lopt.rundir import Checkpointer, MetricsWriter, to_host
 from lopt.meta._estimators import population_estimates, population_init
 
 __all__ = ["MetaState", "MetaTrainer", "outer_optimizer", "run", "MetricsWriter"]
@@ -220,7 +220,7 @@ def run(trainer: MetaTrainer, workdir: str | pathlib.Path, *, num_steps: int, se
     start = int(to_host(state.step))
     log(f"resuming from step {start} ({workdir / SMALL_STATE}: theta and outer state; "
         "the population of inner problems is drawn afresh)")
-  # The resume rule of `lopt.runs`: metric rows past the restored step are dropped.
+  # The resume rule of `lopt.rundir`: metric rows past the restored step are dropped.
   writer = MetricsWriter(workdir / "metrics.jsonl", resume_step=start)
   eval_writer = MetricsWriter(workdir / "eval.jsonl", resume_step=start)
   start = start or 0

@@ -11,7 +11,7 @@ edges carry no parameter, so they are masked out by construction).
 Training: AdamW (lr 3e-3, wd 1e-2) with a cosine decay to 1e-6, global-norm clipping at 5.
 NaN-safe: a batch whose loss or gradients are not finite is skipped (theta and the optimizer
 state are left as they were; the count is logged) and a checkpoint is only written when
-theta is finite. `<out>` is a `lopt.runs.RunDir`: its `config.json` is claimed (a folder
+theta is finite. `<out>` is a `lopt.rundir.RunDir`: its `config.json` is claimed (a folder
 holding a fit of another config is refused), checkpoints (theta, optimizer state) go
 through orbax into `<out>/checkpoints/` every `save_every` steps, so an interrupted fit
 resumes, and `metrics.jsonl` drops the rows past the restored step; the final
@@ -38,7 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from lopt import runs
+from lopt import rundir
 from lopt.training import trajectories as traj_lib
 
 __all__ = ["NoTrajectoriesError", "WindowSampler", "load_config", "fit", "normalise",
@@ -264,7 +264,7 @@ def fit(config: dict, data_dir: str | os.PathLike, out_dir: str | os.PathLike, *
   if not paths:
     raise NoTrajectoriesError(f"no trajectories under {data_dir}; record some with "
                               "`lopt nowcast record --out DIR`")
-  run_dir = runs.RunDir(out_dir)
+  run_dir = rundir.RunDir(out_dir)
   run_dir.claim(config)  # a folder holding another fit is refused, as for every loop
   sampler = WindowSampler(paths, ctx=config["ctx"], seq_len=config["seq_len"],
                           stride=config["stride"], samples_per_traj=config["samples_per_traj"])

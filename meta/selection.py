@@ -32,7 +32,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import optax
 
-from lopt import runs
+from lopt import rundir
 from lopt.tasks import distribution
 from lopt.training import train
 
@@ -154,7 +154,7 @@ def write_report(result: dict, out: str | pathlib.Path) -> None:
   """`selection.json`, `selection.md` (a table) and `selection.png` (per-task log ratios)."""
   out = pathlib.Path(out)
   out.mkdir(parents=True, exist_ok=True)
-  runs.atomic_write_json(out / "selection.json", result)  # inf/NaN -> null
+  rundir.atomic_write_json(out / "selection.json", result)  # inf/NaN -> null
   lines = ["| candidate | score: mean log(final valid / tuned Adam) | best-valid log ratio | "
            "train-loss log ratio | tasks won |", "|---|---|---|---|---|"]
   for name, s in sorted(result["candidates"].items(), key=lambda kv: kv[1]["score"]):

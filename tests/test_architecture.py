@@ -11,19 +11,19 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 # part -> the parts it may import (docs/design.md, "Allowed arrows").
 ALLOWED = {
-    "runs": set(),  # the run-directory layer: every part may import it, it imports none
-    "tasks": {"runs"},
-    "learned_opts": {"runs"},
-    "optimizers": {"learned_opts", "runs"},
-    "training": {"tasks", "runs"},
-    "meta": {"tasks", "learned_opts", "optimizers", "training", "runs"},
-    "eval": {"tasks", "learned_opts", "optimizers", "training", "runs"},
-    "analysis": {"tasks", "learned_opts", "optimizers", "training", "eval", "runs"},
-    "configs": {"tasks", "runs"},
+    "rundir": set(),  # the run-directory layer: every part may import it, it imports none
+    "tasks": {"rundir"},
+    "learned_opts": {"rundir"},
+    "optimizers": {"learned_opts", "rundir"},
+    "training": {"tasks", "rundir"},
+    "meta": {"tasks", "learned_opts", "optimizers", "training", "rundir"},
+    "eval": {"tasks", "learned_opts", "optimizers", "training", "rundir"},
+    "analysis": {"tasks", "learned_opts", "optimizers", "training", "eval", "rundir"},
+    "configs": {"tasks", "rundir"},
     "cli": {"tasks", "learned_opts", "optimizers", "training", "meta", "eval", "analysis",
-            "configs", "benchmarks", "runs"},
+            "configs", "benchmarks", "rundir"},
     "benchmarks": {"tasks", "learned_opts", "optimizers", "training", "meta", "eval",
-                   "analysis", "configs", "runs"},
+                   "analysis", "configs", "rundir"},
 }
 PURE_NUMPY = ("eval/metrics.py", "eval/scoring.py")
 # The leaf layer's third-party imports: nothing heavier than jax, numpy and orbax.
@@ -95,7 +95,7 @@ def test_metrics_and_scoring_import_no_jax(rel):
 def test_the_run_directory_layer_imports_only_jax_numpy_orbax():
   import sys
   stdlib = set(sys.stdlib_module_names) | {"__future__"}
-  for path in sorted((ROOT / "runs").rglob("*.py")):
+  for path in sorted((ROOT / "rundir").rglob("*.py")):
     tree = ast.parse(path.read_text())
     names = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import)
              for a in n.names}

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from lopt import eval as E
-from lopt import runs
+from lopt import rundir
 from lopt.eval import _jobs
 
 TASKS = ["digits-mlp-32", "digits-mlp-128-gelu"]
@@ -100,7 +100,7 @@ def test_changed_settings_refuse_to_mix(bench):
   with pytest.raises(E.BenchmarkError, match="different config") as refused:
     E.run_benchmark("demo", "adam-tuned,adam", out=root / "out",
                     tuning_dir=root / "cache" / "tuning", **{**KW, "num_steps": 30})
-  assert isinstance(refused.value, runs.RunDirMismatchError)  # the rule every loop shares
+  assert isinstance(refused.value, rundir.RunDirMismatchError)  # the rule every loop shares
   assert "(tasks: " in str(refused.value)
 
 

@@ -79,9 +79,9 @@ def test_two_processes_meta_train_together(tmp_path):
       tr = make_trainer(None)
       workdir = sys.argv[2]
       st = meta.run(tr, workdir, num_steps=6, checkpoint_every=3, progress=False)
-      from lopt import runs
+      from lopt import rundir
       again = meta.run(tr, workdir, num_steps=6, progress=False)  # resumes: restore, broadcast
-      ck = runs.Checkpointer(workdir + "/ck")   # process 0 writes, every process reads back
+      ck = rundir.Checkpointer(workdir + "/ck")   # process 0 writes, every process reads back
       ck.save(1, {{"x": np.arange(3.0), "empty": np.zeros((0,))}}, meta={{"note": "\u00e9"}})
       got = ck.meta(1)
       assert ck.latest_step() == 1 and got["note"] == "\u00e9", got
@@ -89,8 +89,8 @@ def test_two_processes_meta_train_together(tmp_path):
       back = ck.restore(1, {{"x": np.zeros(3), "empty": np.zeros((0,))}})
       assert back["x"].tolist() == [0, 1, 2] and back["empty"].shape == (0,), (pid, back)
       ck.close()
-      print(json.dumps({{"theta": float(runs.to_host(st.theta)["log_lr"]),
-                         "again": float(runs.to_host(again.theta)["log_lr"])}}))
+      print(json.dumps({{"theta": float(rundir.to_host(st.theta)["log_lr"]),
+                         "again": float(rundir.to_host(again.theta)["log_lr"])}}))
   """)
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   env.pop("XLA_FLAGS", None)

@@ -184,7 +184,7 @@ def test_sigkill_and_resume_is_bit_identical(tmp_path):
   # A different config in the same workdir is refused.
   with pytest.raises(ConfigError, match="different config") as refused:
     meta_train(apply_overrides(cfg, ["seed=1"]), tmp_path / "run", progress=False)
-  assert isinstance(refused.value, runs.RunDirMismatchError)  # the rule every loop shares
+  assert isinstance(refused.value, rundir.RunDirMismatchError)  # the rule every loop shares
   assert "seed: 0 != 1" in str(refused.value)
 
 

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lopt import runs
+from lopt import rundir
 from lopt.meta import nowcast_fit as nf
 from lopt.training import trajectories as tr
 
@@ -112,7 +112,7 @@ def test_fit_end_to_end_resumes_and_saves_a_usable_nowcaster(traj_dir, tmp_path,
   lines = [json.loads(l) for l in open(tmp_path / "run2" / "metrics.jsonl")]
   assert [l["step"] for l in lines] == [3, 6]        # the row past step 3 was rewritten
   # Another config (here a longer cosine schedule) is refused, as in every run folder.
-  with pytest.raises(runs.RunDirMismatchError, match="steps: 6 != 9"):
+  with pytest.raises(rundir.RunDirMismatchError, match="steps: 6 != 9"):
     nf.fit(dict(config, steps=9), traj_dir, tmp_path / "run2", progress=False)
   from lopt.cli import main  # the CLI: one line, exit 2, the folder left as it was
   sets = [x for k, v in dict(over, steps=9).items() for x in ("--set", f"{k}={v}")]

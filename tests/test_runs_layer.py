@@ -1,4 +1,4 @@
-"""`lopt.runs`: claim/refuse, JSONL resume truncation, checkpoints (zero-size leaves, the
+"""`lopt.rundir`: claim/refuse, JSONL resume truncation, checkpoints (zero-size leaves, the
 older layouts), atomic writes, strict JSON and the `LOPT_*` settings."""
 
 from __future__ import annotations
@@ -11,18 +11,18 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from lopt import runs
-from lopt.runs import settings
+from lopt import rundir
+from lopt.rundir import settings
 
 
 # -- claim / refuse ---------------------------------------------------------------------
 
 def test_claim_writes_then_accepts_the_same_config_and_refuses_another(tmp_path):
-  run = runs.RunDir(tmp_path / "run")
+  run = rundir.RunDir(tmp_path / "run")
   run.claim({"lr": 0.1, "steps": 10, "shape": (2, 3)})
   assert json.loads((tmp_path / "run" / "config.json").read_text())["shape"] == [2, 3]
   run.claim({"lr": 0.1, "steps": 10, "shape": (2, 3)})  # the same run: resume
-  with pytest.raises(runs.RunDirMismatchError, match=r"different config \(lr: 0.1 != 0.2, "
+  with pytest.raises(rundir.RunDirMismatchError, match=r"different config \(lr: 0.1 != 0.2, "
                      r"new: None != 1\)") as e:
     run.claim({"lr": 0.2, "steps": 10, "shape": (2, 3), "new": 1})
   assert "another output folder" in str(e.value)
@@ -31,12 +31,12 @@ def test_claim_writes_then_accepts_the_same_config_and_refuses_another(tmp_path)
 
 def test_claim_with_compared_keys_rewrites_the_others_and_provenance_is_not_compared(
     tmp_path):
-  run = runs.RunDir(tmp_path, config_file="run.json")
+  run = rundir.RunDir(tmp_path, config_file="run.json")
   run.claim({"tasks": ["a"], "seeds": [0]}, keys=("tasks",), record_provenance=True)
   assert "jax" in json.loads(run.config_path.read_text())["provenance"]
   run.claim({"tasks": ["a"], "seeds": [0, 1]}, keys=("tasks",))    # more seeds: fine
   assert run.stored_config() == {"tasks": ["a"], "seeds": [0, 1]}
-  with pytest.raises(runs.RunDirMismatchError, match="tasks"):
+  with pytest.raises(rundir.RunDirMismatchError, match="tasks"):
     run.claim({"tasks": ["b"], "seeds": [0]}, keys=("tasks",))
 
 
@@ -44,30 +44,30 @@ def test_claim_raises_the_callers_subclass(tmp_path):
   class CommandError(Exception):
     pass
 
-  class Mine(CommandError, runs.RunDirMismatchError):
+  class Mine(CommandError, rundir.RunDirMismatchError):
     pass
-  runs.RunDir(tmp_path).claim({"a": 1})
+  rundir.RunDir(tmp_path).claim({"a": 1})
   with pytest.raises(CommandError, match="a: 1 != 2"):
-    runs.RunDir(tmp_path).claim({"a": 2}, error=Mine)
-  runs.RunDir(tmp_path).check({"a": 1})  # check writes nothing and accepts the same
+    rundir.RunDir(tmp_path).claim({"a": 2}, error=Mine)
+  rundir.RunDir(tmp_path).check({"a": 1})  # check writes nothing and accepts the same
 
 
 # -- metrics ----------------------------------------------------------------------------
 
 def test_metrics_resume_truncates_rows_past_the_restored_step(tmp_path):
   path = tmp_path / "metrics.jsonl"
-  with runs.MetricsWriter(path, tensorboard=False) as w:
+  with rundir.MetricsWriter(path, tensorboard=False) as w:
     for step in range(1, 6):
       w.write({"step": step, "loss": np.float32(1.0 / step)})
   with path.open("a") as f:
     f.write('{"step": 6, "lo')                       # a row torn by a crash
-  with runs.MetricsWriter(path, resume_step=3, tensorboard=False) as w:
+  with rundir.MetricsWriter(path, resume_step=3, tensorboard=False) as w:
     w.write({"step": 4, "loss": float("nan"), "grad": np.inf})
-  rows = runs.read_rows(path)
+  rows = rundir.read_rows(path)
   assert [r["step"] for r in rows] == [1, 2, 3, 4]
   assert rows[-1] == {"step": 4, "loss": None, "grad": None}
   assert "NaN" not in path.read_text() and "Infinity" not in path.read_text()
-  runs.MetricsWriter(path, resume_step=None, tensorboard=False).close()  # a fresh start
+  rundir.MetricsWriter(path, resume_step=None, tensorboard=False).close()  # a fresh start
   assert path.read_text() == ""
 
 
@@ -89,7 +89,7 @@ def _assert_same(a, b):
 
 def test_checkpoint_roundtrip_with_a_zero_size_leaf_keeps_the_last_n(tmp_path):
   state = _state()
-  with runs.Checkpointer(tmp_path / "ck", keep=2) as ck:
+  with rundir.Checkpointer(tmp_path / "ck", keep=2) as ck:
     assert ck.latest_step() is None
     for step in (1, 2, 3):
       ck.save(step, state, meta={"eval_index": step})
@@ -103,8 +103,8 @@ def test_checkpoint_roundtrip_with_a_zero_size_leaf_keeps_the_last_n(tmp_path):
   _assert_same(state, abstract)
   assert sorted(p.name for p in (tmp_path / "ck").iterdir() if p.name.isdigit()) == ["2", "3"]
   back["w"][0, 0] = 9.0  # restored arrays are writable host copies
-  with pytest.raises(runs.LayoutMismatchError, match="different state layout"):
-    runs.Checkpointer(tmp_path / "ck").restore(3, dict(state, extra=np.zeros(2)))
+  with pytest.raises(rundir.LayoutMismatchError, match="different state layout"):
+    rundir.Checkpointer(tmp_path / "ck").restore(3, dict(state, extra=np.zeros(2)))
 
 
 def test_older_checkpoint_layouts_still_restore(tmp_path):
@@ -131,20 +131,20 @@ def test_older_checkpoint_layouts_still_restore(tmp_path):
     m.save(2, args=ocp.args.Composite(state=ocp.args.StandardSave(packed),
                                       meta=ocp.args.JsonSave({"eval_index": 2, "step": 40})))
   template = jax.tree.map(np.zeros_like, state)
-  with runs.Checkpointer(d) as ck:
+  with rundir.Checkpointer(d) as ck:
     _assert_same(state, ck.restore(ck.latest_step(), template))
     ck.save(6, state)                            # a resumed run then writes the new layout
     _assert_same(state, ck.restore(6, template))
-  with runs.Checkpointer(tmp_path / "fit") as ck:
+  with rundir.Checkpointer(tmp_path / "fit") as ck:
     _assert_same(small, ck.restore(4, jax.tree.map(np.zeros_like, small)))
-  with runs.Checkpointer(tmp_path / "train") as ck:
+  with rundir.Checkpointer(tmp_path / "train") as ck:
     assert ck.meta(2) == {"eval_index": 2, "step": 40}
     _assert_same(state, ck.restore(2, template))
 
 
 def test_run_dir_resume_rule_end_to_end(tmp_path):
   """Claim, checkpoint at step 2, crash after logging step 3, resume: step 3 is redone."""
-  run = runs.RunDir(tmp_path)
+  run = rundir.RunDir(tmp_path)
   run.claim({"steps": 4})
   with run.checkpoints(keep=2) as ck, run.metrics(tensorboard=False) as log:
     for step in (1, 2, 3):
@@ -156,49 +156,49 @@ def test_run_dir_resume_rule_end_to_end(tmp_path):
     with run.metrics(resume_step=start, tensorboard=False) as log:
       for step in range(start + 1, 5):
         log.write({"step": step})
-  assert [r["step"] for r in runs.read_rows(tmp_path / "metrics.jsonl")] == [1, 2, 3, 4]
+  assert [r["step"] for r in rundir.read_rows(tmp_path / "metrics.jsonl")] == [1, 2, 3, 4]
 
 
 # -- atomic writes and strict JSON ------------------------------------------------------
 
 def test_atomic_write_leaves_no_temp_file_and_the_old_content_on_failure(tmp_path):
-  path = runs.atomic_write_text(tmp_path / "a.txt", "old")
+  path = rundir.atomic_write_text(tmp_path / "a.txt", "old")
   with pytest.raises(RuntimeError):
-    with runs.atomic_path(path) as tmp:
+    with rundir.atomic_path(path) as tmp:
       tmp.write_text("half")
       raise RuntimeError("crash mid-write")
   assert path.read_text() == "old"
   assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt"]
   with pytest.raises(TypeError):
-    runs.atomic_write_json(tmp_path / "b.json", {"x": object()})
+    rundir.atomic_write_json(tmp_path / "b.json", {"x": object()})
   assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt"]
 
 
 def test_atomic_dir_replaces_whole_or_not_at_all(tmp_path):
   target = tmp_path / "d"
-  with runs.atomic_dir(target) as tmp:
+  with rundir.atomic_dir(target) as tmp:
     (tmp / "x").write_text("1")
   with pytest.raises(RuntimeError):
-    with runs.atomic_dir(target) as tmp:
+    with rundir.atomic_dir(target) as tmp:
       (tmp / "y").write_text("2")
       raise RuntimeError("crash")
   assert [p.name for p in target.iterdir()] == ["x"]
-  with runs.atomic_dir(target) as tmp:
+  with rundir.atomic_dir(target) as tmp:
     (tmp / "z").write_text("3")
   assert [p.name for p in target.iterdir()] == ["z"]
   assert sorted(p.name for p in tmp_path.iterdir()) == ["d"]
   with pytest.raises(FileExistsError):
-    with runs.atomic_dir(target, overwrite=False):
+    with rundir.atomic_dir(target, overwrite=False):
       pass
 
 
 def test_strict_json_nan_and_inf_become_null_or_strings():
   obj = {"a": float("nan"), "b": [np.float32(np.inf), -np.inf], "c": np.arange(2),
          "d": np.bool_(True), "e": jax.numpy.float32(2.5), 3: (1, "s", None)}
-  assert runs.strict_json(obj) == {"a": None, "b": [None, None], "c": [0, 1], "d": True,
+  assert rundir.strict_json(obj) == {"a": None, "b": [None, None], "c": [0, 1], "d": True,
                                    "e": 2.5, "3": [1, "s", None]}
-  assert runs.strict_json(obj, nonfinite="string")["b"] == ["inf", "-inf"]
-  assert json.loads(runs.dumps(obj))["a"] is None
+  assert rundir.strict_json(obj, nonfinite="string")["b"] == ["inf", "-inf"]
+  assert json.loads(rundir.dumps(obj))["a"] is None
 
 
 # -- settings ---------------------------------------------------------------------------

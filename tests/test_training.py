@@ -135,7 +135,7 @@ def test_run_dir_outputs_and_resume_mismatch(tmp_path):
     train(quad(), optax.adam(0.05), 80, eval_every=20, out_dir=out, progress=False,
           run_info={"optimizer": "adam"})
   assert "num_steps: 60 != 80" in str(refused.value)  # the rule of every run folder
-  assert RunDirMismatchError is runs.RunDirMismatchError
+  assert RunDirMismatchError is rundir.RunDirMismatchError
 
 
 _KILL_SCRIPT = textwrap.dedent("""

@@ -11,7 +11,7 @@ import numpy as np
 import optax
 import pytest
 
-from lopt import runs
+from lopt import rundir
 from lopt.tasks.base import Task, register_task
 from lopt.training import trajectories as tr
 
@@ -80,9 +80,9 @@ def test_record_and_reload(tmp_path):
   again = tr.record_trajectory(task, tmp_path / "t0", num_steps=40, every=4, seed=1, lr=1e-2)
   np.testing.assert_array_equal(again.states, traj.states)
   assert tr.list_trajectories(tmp_path) == [tmp_path / "t0"]
-  with pytest.raises(runs.RunDirMismatchError, match="num_steps: 40 != 999"):
+  with pytest.raises(rundir.RunDirMismatchError, match="num_steps: 40 != 999"):
     tr.record_trajectory(task, tmp_path / "t0", num_steps=999, every=4, seed=1, lr=1e-2)
-  with pytest.raises(runs.RunDirMismatchError, match="lr"):
+  with pytest.raises(rundir.RunDirMismatchError, match="lr"):
     tr.record_trajectory(task, tmp_path / "t0", num_steps=40, every=4, seed=1)
 
 

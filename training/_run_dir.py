@@ -5,7 +5,7 @@ Layout of `out_dir`:
                    plus provenance (lopt/jax/optax versions, device, command line)
   metrics.jsonl    one JSON line per evaluation, with the chunk's per-step train losses
   tb/              TensorBoard events (with `tensorboard=True`; needs tensorboardX)
-  checkpoints/     `lopt.runs.Checkpointer` (orbax; keeps the last 2; atomic)
+  checkpoints/     `lopt.rundir.Checkpointer` (orbax; keeps the last 2; atomic)
   result.json      final metrics (written last)
   loss_curve.png   train (smoothed) and validation loss against steps
 """
@@ -19,31 +19,31 @@ from typing import Any
 import jax
 import numpy as np
 
-from lopt import runs
-from lopt.runs import RunDirMismatchError, provenance  # noqa: F401 - public names of training
+from lopt import rundir
+from lopt.rundir import RunDirMismatchError, provenance  # noqa: F401 - public names of training
 
 
 class RunDir:
   """The inner loop's files of one run directory (see the module docstring), written
-  through `lopt.runs` (claim, metrics, checkpoints: the resume rule every loop shares)."""
+  through `lopt.rundir` (claim, metrics, checkpoints: the resume rule every loop shares)."""
 
   def __init__(self, path: str | os.PathLike, *, checkpoint_every: int | None, eval_every: int,
                tensorboard: bool = False):
     self.path = pathlib.Path(path)
-    self._run = runs.RunDir(self.path, config_file="run.json")
+    self._run = rundir.RunDir(self.path, config_file="run.json")
     self._tensorboard = tensorboard
     every = checkpoint_every or eval_every
     # Checkpoints happen at eval boundaries: round up to a multiple of eval_every.
     self.save_every_evals = max(1, -(-every // eval_every))
-    self._ckpt: runs.Checkpointer | None = None
-    self._metrics: runs.MetricsWriter | None = None
+    self._ckpt: rundir.Checkpointer | None = None
+    self._metrics: rundir.MetricsWriter | None = None
 
   def check_config(self, config: dict) -> None:
     """Writes run.json (with provenance), or refuses a different run in this folder."""
     self._run.claim(config, record_provenance=True)
 
   @property
-  def checkpoints(self) -> runs.Checkpointer:
+  def checkpoints(self) -> rundir.Checkpointer:
     if self._ckpt is None:
       self._ckpt = self._run.checkpoints(keep=2)
     return self._ckpt
@@ -99,7 +99,7 @@ class RunDir:
     if self._metrics is not None:
       self._metrics.close()
     out = {"task": task_name, **run_info, **result.final_metrics(), "stopped": result.stopped}
-    runs.atomic_write_json(self.path / "result.json", out)
+    rundir.atomic_write_json(self.path / "result.json", out)
     stop = None
     if result.stopped:
       bad = ~np.isfinite(result.history["train_loss"])
@@ -141,7 +141,7 @@ def plot_history(history: dict[str, np.ndarray], path: pathlib.Path, title: str 
   ax.set_title(title)
   ax.legend()
   fig.tight_layout()
-  with runs.atomic_path(path) as tmp:
+  with rundir.atomic_path(path) as tmp:
     fig.savefig(tmp)
   plt.close(fig)
 

@@ -12,7 +12,7 @@ A trajectory is a folder::
 Snapshot 0 is the initial parameters, then one every `every` steps. A run is written into
 `<dir>.partial/` and renamed to `<dir>` when complete, so an interrupted run leaves no
 half-written trajectory under the final name (a rerun starts it again); a rerun into a
-finished `<dir>` returns it, or refuses other settings (`lopt.runs.RunDirMismatchError`).
+finished `<dir>` returns it, or refuses other settings (`lopt.rundir.RunDirMismatchError`).
 
 Example:
   >>> traj = record_trajectory(task, "/tmp/traj", num_steps=200, every=4)  # doctest: +SKIP
@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from lopt import runs
+from lopt import rundir
 
 __all__ = ["Trajectory", "record_trajectory", "load_trajectory", "list_trajectories",
            "param_layout", "flatten_params", "FORMAT"]
@@ -138,7 +138,7 @@ def list_trajectories(root: str | os.PathLike) -> list[pathlib.Path]:
 
 
 def _write_meta(path: pathlib.Path, meta: dict) -> None:
-  runs.atomic_write_json(path / _META, meta)
+  rundir.atomic_write_json(path / _META, meta)
 
 
 def _jsonable(x: Any) -> Any:
@@ -174,7 +174,7 @@ def record_trajectory(task, out_dir: str | os.PathLike, *, num_steps: int, every
     The trajectory, opened memory-mapped.
 
   Raises:
-    lopt.runs.RunDirMismatchError: `out_dir` holds a trajectory recorded with other
+    lopt.rundir.RunDirMismatchError: `out_dir` holds a trajectory recorded with other
       settings (task, steps, spacing, seed or optimizer) and `overwrite` is False.
   """
   if num_steps < 1 or every < 1:
@@ -184,9 +184,9 @@ def record_trajectory(task, out_dir: str | os.PathLike, *, num_steps: int, every
     optimizer = optax.adam(lr)
     optimizer_desc = {"name": "adam", "lr": lr}
   if (out_dir / _META).is_file() and not overwrite:
-    # The resume rule of every run folder (`lopt.runs`): the same settings return the
+    # The resume rule of every run folder (`lopt.rundir`): the same settings return the
     # finished trajectory, other settings are refused rather than silently mixed.
-    runs.RunDir(out_dir, config_file=_META).check(
+    rundir.RunDir(out_dir, config_file=_META).check(
         {"task": getattr(task, "name", type(task).__name__), "num_steps": num_steps,
          "every": every, "seed": seed, "optimizer": optimizer_desc or {"name": "custom"}},
         keys=("task", "num_steps", "every", "seed", "optimizer"))
@@ -245,5 +245,5 @@ def record_trajectory(task, out_dir: str | os.PathLike, *, num_steps: int, every
   except BaseException:
     shutil.rmtree(partial, ignore_errors=True)
     raise
-  runs.replace_dir(partial, out_dir)
+  rundir.replace_dir(partial, out_dir)
   return load_trajectory(out_dir)

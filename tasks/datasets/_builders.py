@@ -17,7 +17,7 @@ import sysconfig
 import numpy as np
 import tensorflow_datasets as tfds
 
-from lopt.runs import settings
+from lopt.rundir import settings
 from lopt.tasks.datasets._info import BUILDER_VERSION, DatasetUnavailableError
 
 _VERSION = tfds.core.Version(BUILDER_VERSION)

@@ -11,8 +11,8 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from lopt import runs
-from lopt.runs import settings
+from lopt import rundir
+from lopt.rundir import settings
 from lopt.tasks.datasets._info import BUILDER_VERSION, DatasetInfo, check_split, get_info
 
 DEFAULT_DATA_DIR = settings.DEFAULT_DATA_DIR
@@ -194,7 +194,7 @@ def _load_cached(name: str, split: str, folder: str) -> dict[str, np.ndarray]:
       examples = sorted(examples, key=lambda e: e["path"])
     raw = _stack(info, examples)
     try:  # atomic: a reader never sees a partial file
-      with runs.atomic_path(cache) as tmp, open(tmp, "wb") as f:
+      with rundir.atomic_path(cache) as tmp, open(tmp, "wb") as f:
         np.savez(f, **raw)
     except OSError:                  # read-only data dir: fine, just slower next time
       pass

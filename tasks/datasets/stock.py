@@ -19,7 +19,7 @@ import pathlib
 import socket
 import urllib.parse
 
-from lopt.runs import settings
+from lopt.rundir import settings
 from lopt.tasks.datasets._info import OFFLINE, DatasetInfo, DatasetUnavailableError
 
 PROBE_TIMEOUT_S = 3.0
