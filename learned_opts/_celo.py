@@ -31,7 +31,7 @@ from lopt.learned_opts._loss import scalar_loss
 from lopt.learned_opts._guard import all_finite
 
 from lopt.learned_opts import _accumulators as acc
-from lopt.learned_opts import _features as feat
+from lopt.learned_opts import _nn
 from lopt.learned_opts import _hyper
 
 CeloState = _hyper.HyperState
@@ -150,7 +150,7 @@ class CeloAdam:
       gl, tree = jax.tree_util.tree_flatten(grads)
       n = len(gl)
       rnn = theta["rnn_params"]
-      out, h, c = feat.mix_lstm(rnn, jnp.tile(x, (n, 1)), state.lstm_hidden, state.lstm_cell)
+      out, h, c = _nn.mix_lstm(rnn, jnp.tile(x, (n, 1)), state.lstm_hidden, state.lstm_cell)
       lr = jnp.exp((out @ rnn["step_size"]["w"] + rnn["step_size"]["b"])[:, 0]) * 0.1 * step_mult
       t = state.count + 1
       d1, d2 = jnp.float32(b1), jnp.float32(b2)

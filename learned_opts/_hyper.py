@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lopt.learned_opts import _accumulators as acc
-from lopt.learned_opts import _features as feat
+from lopt.learned_opts import _nn
 from lopt.learned_opts import _leaf
 from lopt.learned_opts._guard import all_finite
 
@@ -134,7 +134,7 @@ def update(spec: HyperSpec, theta: Any, loss_decays: jax.Array, num_steps: int,
   else:
     x = jnp.tile(time_loss[None], (n, 1))
   rnn = theta["rnn_params"]
-  out, h, c = feat.mix_lstm(rnn, x, state.lstm_hidden, state.lstm_cell)
+  out, h, c = _nn.mix_lstm(rnn, x, state.lstm_hidden, state.lstm_cell)
   if spec.bugged_next_lstm_state:
     h, c = state.lstm_hidden, state.lstm_cell
   step_out = (out @ rnn["step_size"]["w"] + rnn["step_size"]["b"])[:, 0]          # [n]
@@ -168,7 +168,7 @@ def update(spec: HyperSpec, theta: Any, loss_decays: jax.Array, num_steps: int,
       param_scale = jnp.sqrt(mean_p2 + 1e-9)
       return lr * (d * (param_scale * jnp.exp(mag * spec.exp_mult)) * spec.step_mult)
 
-    u, m, v, fl = _leaf.leaf_update(feat.hyper_groups, p, g, m, v, acc.FactoredLeaf(vr, vc, vd),
+    u, m, v, fl = _leaf.leaf_update(_nn.hyper_groups, p, g, m, v, acc.FactoredLeaf(vr, vc, vd),
                                     mom_d, rms_d, fac_d, w0, ff["b0"][i], rest, step_fn,
                                     p_channel=2, clip=1000.0, ok=ok)
     outs["u"].append(u)
@@ -194,14 +194,14 @@ def init_theta(key: jax.Array, *, n_lstm_in: int, hidden: int, param_inits: int,
   extra = {"rnn_to_controls": param_inits, "step_size": 1} if with_bank else {"step_size": 1}
   theta = {"lstm_init_state": {"hidden": jnp.zeros([1, hidden], jnp.float32),
                                "cell": jnp.zeros([1, hidden], jnp.float32)},
-           "rnn_params": feat.rnn_init(k_rnn, n_lstm_in, hidden, extra)}
+           "rnn_params": _nn.rnn_init(k_rnn, n_lstm_in, hidden, extra)}
   if with_bank:
     n_in = sum(widths)
     sizes = [ff_hidden] * ff_layers + [3]
     shapes = {f"w0__{j}": ((w, ff_hidden), n_in) for j, w in enumerate(widths)}
     shapes.update({f"w{li}": ((sizes[li - 1], sizes[li]), sizes[li - 1])
                    for li in range(1, len(sizes))})
-    ws = feat.truncated_normals(k_bank, [((param_inits,) + shape, 1.0 / np.sqrt(fan_in))
+    ws = _nn.truncated_normals(k_bank, [((param_inits,) + shape, 1.0 / np.sqrt(fan_in))
                                          for shape, fan_in in shapes.values()])
     bank = dict(zip(shapes, ws))
     bank.update({f"b{li}": jnp.zeros([param_inits, s], jnp.float32) for li, s in enumerate(sizes)})
