@@ -50,9 +50,10 @@ _NAMES = [
     "load", "load_theta", "save_theta", "save_theta_msgpack", "load_optimizer",
     "check_theta", "detect_format", "read_msgpack", "write_msgpack",
     "CheckpointFormatError", "ThetaMismatchError", "PRETRAINED", "NOWCASTERS", "WEIGHTS",
-    "weights", "weights_info", "find_local", "add_weights", "CheckpointInfo", "CheckpointUnavailableError", "CheckpointIntegrityError",
-    "pretrained", "resolve_checkpoint", "gradient_accumulation", "skip_nonfinite",
-]
+    "weights", "weights_info", "find_local", "add_weights", "CheckpointInfo",
+    "CheckpointUnavailableError", "CheckpointIntegrityError", "pretrained",
+    "resolve_checkpoint", "gradient_accumulation", "skip_nonfinite",
+]  # plus one class per row of `ARCHITECTURES`, appended below
 
 
 def _lazy_classes(table: dict) -> dict[str, str]:
