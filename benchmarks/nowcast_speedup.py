@@ -59,7 +59,7 @@ def make_task(name: str):
 
 
 def make_method(spec: str, lr: float, steps: int, period: int, nowcaster_dir: str | None):
-  nc = importlib.import_module("lopt.learned_opts.nino.nowcast")
+  nc = importlib.import_module("lopt.learned_opts.nino")
   base = optax.adam(lr)
   if spec == "adam":
     return base
@@ -76,7 +76,7 @@ def run_one(task, tx, steps: int, seed: int, eval_every: int) -> dict:
   evaluation excluded). Nowcast steps skip the backward pass and, on CPU conv tasks, run as
   their own call between the unrolled blocks."""
   from lopt.training import train
-  nc = importlib.import_module("lopt.learned_opts.nino.nowcast")
+  nc = importlib.import_module("lopt.learned_opts.nino")
   result = train(task, tx, steps, seed=seed, eval_every=eval_every, eval_split="test",
                  progress=False, needs_gradients=nc.needs_gradients)
   if result.stopped:
@@ -129,7 +129,7 @@ def main(argv=None) -> int:
                   "summaries (e.g. other --target values) at the same runs")
   args = ap.parse_args(argv)
   runs_dir = args.runs_dir or (args.out + ".runs" if args.out else None)
-  nc = importlib.import_module("lopt.learned_opts.nino.nowcast")
+  nc = importlib.import_module("lopt.learned_opts.nino")
   lr = args.lr or TASKS[args.task][1]
   period = args.period or nc.default_period(args.steps)
   seeds = [int(s) for s in args.seeds.split(",")]

@@ -3,8 +3,6 @@ nowcaster, where its weights are on this machine, and installing an official fil
 
 from __future__ import annotations
 
-import importlib
-
 from lopt.cli import UsageError
 from lopt.cli._io import emit_json, out
 
@@ -27,13 +25,14 @@ def register(subparsers) -> None:
   add.set_defaults(func=_add)
 
 
-def _registry():
-  # The module, not the same-named function that `lopt.learned_opts` exports.
-  return importlib.import_module("lopt.learned_opts.pretrained")
+def _learned_opts():
+  import lopt.learned_opts as lo  # here, not at the top: it loads JAX, and `lopt -h` should not
+  return lo
 
 
-def _nowcasters():
-  return importlib.import_module("lopt.learned_opts.nino.nowcaster")
+def _nowcast():
+  from lopt.learned_opts import nino
+  return nino
 
 
 def _size(n: int | None) -> str:
@@ -42,18 +41,12 @@ def _size(n: int | None) -> str:
   return f"{n / 1e6:.1f} MB" if n >= 1e6 else f"{n / 1e3:.0f} kB"
 
 
-def _nowcaster_rows() -> list[tuple[str, str, str, str]]:
-  """Official NiNo / WNN+ files and the nowcasters shipped with lopt."""
-  nc = _nowcasters()
-  nowcast = importlib.import_module("lopt.learned_opts.nino.nowcast")
+def _shipped_rows() -> list[tuple[str, str, str, str]]:
+  """The nowcasters fitted and shipped by lopt (package data, not in the weights hub)."""
+  nino = _nowcast()
   rows = []
-  for name, (file, _, size) in sorted(nc.OFFICIAL.items()):
-    found = next((r / file for r in nc._search_roots() if (r / file).is_file()), None)
-    rows.append((name, "nowcaster (official)", _size(size),
-                 f"{'found' if found else 'download on first use'}"
-                 + (f": {found}" if found else "")))
-  for name in sorted(nowcast.SHIPPED):
-    path = nowcast.shipped_dir() / name
+  for name in sorted(nino.SHIPPED):
+    path = nino.shipped_dir() / name
     rows.append((name, "nowcaster (lopt)", "-",
                  f"bundled: {path}" if path.is_dir() else "missing from this install"))
   return rows
@@ -61,15 +54,17 @@ def _nowcaster_rows() -> list[tuple[str, str, str, str]]:
 
 def _list(args) -> int:
   del args
-  pt = _registry()
+  lo = _learned_opts()
   rows = [("NAME", "KIND", "SIZE", "AVAILABLE")]
-  for name, ci in sorted(pt.PRETRAINED.items()):
-    found = pt.find_local(name)
+  for ci in lo.weights():  # learned optimizers, then official nowcasters
+    found = lo.find_local(ci.name)
     if found is None and ci.url is None:
       continue  # a bundled-only checkpoint that this build does not include
     where = f"{found[0]}: {found[1]}" if found else "download on first use"
-    rows.append((name, f"optimizer ({ci.architecture})", _size(ci.size), where))
-  rows += _nowcaster_rows()
+    kind = (f"optimizer ({ci.architecture})" if ci.kind == "optimizer"
+            else "nowcaster (official)")
+    rows.append((ci.name, kind, _size(ci.size), where))
+  rows += _shipped_rows()
   widths = [max(len(r[i]) for r in rows) for i in range(3)]
   for r in rows:
     out("  ".join(c.ljust(w) for c, w in zip(r[:3], widths)) + "  " + r[3])
@@ -77,30 +72,21 @@ def _list(args) -> int:
 
 
 def _show(args) -> int:
-  pt, nc = _registry(), _nowcasters()
+  lo = _learned_opts()
   try:
-    ci = pt.info(args.name)
+    ci = lo.weights_info(args.name)
   except KeyError:
-    ci = None
-  if ci is None:
-    key = nc._ALIASES.get(args.name, args.name)
-    if key in nc.OFFICIAL:
-      file, sha, size = nc.OFFICIAL[key]
-      found = next((r / file for r in nc._search_roots() if (r / file).is_file()), None)
-      emit_json({"name": key, "kind": "nowcaster", "filename": file, "sha256": sha,
-                 "size": size, "url": nc._URL + file,
-                 "local_path": str(found) if found else None}, indent=1)
-      return 0
-    nowcast = importlib.import_module("lopt.learned_opts.nino.nowcast")
-    if args.name in nowcast.SHIPPED:
+    nino = _nowcast()
+    if args.name in nino.SHIPPED:
       emit_json({"name": args.name, "kind": "nowcaster", "description":
-                 nowcast.SHIPPED[args.name],
-                 "local_path": str(nowcast.shipped_dir() / args.name)}, indent=1)
+                 nino.SHIPPED[args.name],
+                 "local_path": str(nino.shipped_dir() / args.name)}, indent=1)
       return 0
-    known = sorted(pt.PRETRAINED) + sorted(nc.OFFICIAL) + sorted(nowcast.SHIPPED)
-    raise UsageError(f"unknown pretrained checkpoint {args.name!r}; known: {', '.join(known)}")
+    known = [ci.name for ci in lo.weights()] + sorted(nino.SHIPPED)
+    raise UsageError(f"unknown pretrained checkpoint {args.name!r}; known: "
+                     f"{', '.join(known)}") from None
   info = ci.to_json()
-  found = pt.find_local(ci.name)
+  found = lo.find_local(ci.name)
   info["local_path"] = str(found[1]) if found else None
   info["found_in"] = found[0] if found else None
   emit_json(info, indent=1)
@@ -109,18 +95,15 @@ def _show(args) -> int:
 
 def _add(args) -> int:
   import os
-  pt, nc = _registry(), _nowcasters()
+  lo = _learned_opts()
   if not os.path.isfile(args.file):
     raise UsageError(f"{args.file}: no such file")
   try:
-    if nc._ALIASES.get(args.name, args.name) in nc.OFFICIAL:
-      dest = nc.add_official(args.name, args.file)
-    else:
-      dest = pt.add(args.name, args.file)
+    dest = lo.add_weights(args.name, args.file)
   except KeyError:
     raise UsageError(f"unknown pretrained checkpoint {args.name!r}; known: "
-                     f"{', '.join(sorted(pt.PRETRAINED) + sorted(nc.OFFICIAL))}") from None
-  except (pt.CheckpointIntegrityError, FileNotFoundError) as e:
+                     f"{', '.join(ci.name for ci in lo.weights())}") from None
+  except (lo.CheckpointIntegrityError, FileNotFoundError) as e:
     raise UsageError(str(e)) from None
   emit_json({"name": args.name, "installed": str(dest)})
   return 0

@@ -10,14 +10,16 @@
     opt = lo.load("celo", num_steps=1000)         # the one-line loader used by `lopt train`
     theta = lo.load_theta("theta.state")          # VeLO / Celo msgpack, or our orbax dirs
 
-Architectures (`lo.REGISTRY`): adafac_mlp, mlp, rnn_mlp, velo, celo, celo_adam,
-learnable_adam, learnable_sgdm. See docs/learned_optimizers.md.
+Architectures (`lo.names()`) come from one table, `registry.ARCHITECTURES`; `REGISTRY`, the
+class attributes (`lo.VeLO`, ...) and `__all__` derive from it. Known weights of learned
+optimizers and nowcasters are in one hub (`lo.weights()`). See docs/learned_optimizers.md.
 """
 
 from __future__ import annotations
 
 import importlib
 import os
+import sys
 from typing import Any
 
 import optax
@@ -28,34 +30,40 @@ from lopt.learned_opts.checkpoint_io import (CheckpointFormatError, ThetaMismatc
                                              check_theta, detect_format, load_optimizer,
                                              load_theta, read_msgpack, save_theta,
                                              save_theta_msgpack, write_msgpack)
-from lopt.learned_opts.pretrained import (PRETRAINED, CheckpointInfo,
-                                          CheckpointIntegrityError,
-                                          CheckpointUnavailableError, pretrained,
-                                          resolve_checkpoint)
-from lopt.learned_opts.registry import REGISTRY, UnknownOptimizerError, get, names
+from lopt.learned_opts import _hub
+from lopt.learned_opts._hub import (NOWCASTERS, PRETRAINED, WEIGHTS, CheckpointInfo,
+                                    CheckpointIntegrityError, CheckpointUnavailableError,
+                                    find_local, pretrained, resolve_checkpoint, weights)
+from lopt.learned_opts._hub import add as add_weights
+from lopt.learned_opts._hub import info as weights_info
+from lopt.learned_opts.registry import (ARCHITECTURES, REGISTRY, Architecture,
+                                        UnknownOptimizerError, get, names)
 
-__all__ = [
-    "LearnedOptimizer", "Theta", "REGISTRY", "UnknownOptimizerError", "get", "names",
+# Deprecated module path: the hub was `lopt.learned_opts.pretrained`, a module shadowed by the
+# `pretrained` function above. Old `from lopt.learned_opts.pretrained import X` and
+# `importlib.import_module(...)` calls still resolve, to `_hub`; new code imports from here.
+sys.modules.setdefault(__name__ + ".pretrained", _hub)
+
+_NAMES = [
+    "LearnedOptimizer", "Theta", "ARCHITECTURES", "Architecture", "REGISTRY",
+    "UnknownOptimizerError", "get", "names",
     "load", "load_theta", "save_theta", "save_theta_msgpack", "load_optimizer",
     "check_theta", "detect_format", "read_msgpack", "write_msgpack",
-    "CheckpointFormatError", "ThetaMismatchError", "PRETRAINED", "CheckpointInfo",
+    "CheckpointFormatError", "ThetaMismatchError", "PRETRAINED", "NOWCASTERS", "WEIGHTS",
+    "weights", "weights_info", "find_local", "add_weights", "CheckpointInfo",
     "CheckpointUnavailableError", "CheckpointIntegrityError", "pretrained",
     "resolve_checkpoint", "gradient_accumulation", "skip_nonfinite",
-    "MLPLOpt", "RNNMLP", "LearnableAdam", "LearnableSGDM", "AdafacMLP", "VeLO", "Celo",
-    "CeloAdam",
-]
+]  # plus one class per row of `ARCHITECTURES`, appended below
+
+
+def _lazy_classes(table: dict) -> dict[str, str]:
+  """class name -> module for every row of an architecture table (the facade's attributes)."""
+  return {row.cls: row.module for row in table.values()}
+
 
 # Architecture classes, imported on first access (their modules pull in more of JAX).
-_LAZY_CLASSES = {
-    "MLPLOpt": "lopt.learned_opts._mlp",
-    "RNNMLP": "lopt.learned_opts._rnn_mlp",
-    "LearnableAdam": "lopt.learned_opts._learnable",
-    "LearnableSGDM": "lopt.learned_opts._learnable",
-    "AdafacMLP": "lopt.learned_opts._adafac",
-    "VeLO": "lopt.learned_opts._velo",
-    "Celo": "lopt.learned_opts._celo",
-    "CeloAdam": "lopt.learned_opts._celo",
-}
+_LAZY_CLASSES = _lazy_classes(ARCHITECTURES)
+__all__ = _NAMES + list(_LAZY_CLASSES)
 
 # Architectures whose `init_meta` is a meaningful starting point (hyperparameter-only rules):
 # `load` accepts them without a checkpoint.

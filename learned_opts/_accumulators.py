@@ -153,9 +153,3 @@ def fractional_tanh_embed(x: jax.Array) -> jax.Array:
   """9 features tanh(10 (fraction_trained - tau))."""
   taus = jnp.asarray([0.03, 0.1, 0.2, 0.4, 0.6, 0.8, 0.9, 1.0, 1.1], jnp.float32)
   return jnp.tanh((x - taus) * 10)
-
-
-def tanh_embedding(iteration: jax.Array) -> jax.Array:
-  """AdafacMLP's 11 absolute-time features tanh(t / tau - 1)."""
-  ts = jnp.asarray([1, 3, 10, 30, 100, 300, 1000, 3000, 10000, 30000, 100000], jnp.float32)
-  return jnp.tanh(iteration / ts - 1.0)

@@ -27,7 +27,7 @@ from lopt.learned_opts._loss import scalar_loss
 from lopt.learned_opts._guard import all_finite
 
 from lopt.learned_opts import _accumulators as acc
-from lopt.learned_opts import _features as feat
+from lopt.learned_opts import _nn
 from lopt.learned_opts import _leaf
 
 
@@ -60,7 +60,7 @@ class AdafacMLP:
 
   def init_meta(self, key: jax.Array) -> dict:
     sizes = [self._n_inputs()] + [self.hidden_size] * self.hidden_layers + [2]
-    ws = feat.truncated_normals(key, [((a, b), 1.0 / a ** 0.5)
+    ws = _nn.truncated_normals(key, [((a, b), 1.0 / a ** 0.5)
                                       for a, b in zip(sizes[:-1], sizes[1:])])
     nn = {}
     for i, (w, b) in enumerate(zip(ws, sizes[1:])):
@@ -100,7 +100,7 @@ class AdafacMLP:
       mom_d = acc.decays_from_offsets(self.momentum_decays, theta["momentum_decays"])
       rms_d = acc.decays_from_offsets(self.rms_decays, theta["rms_decays"])
       fac_d = acc.decays_from_offsets(self.adafactor_decays, theta["adafactor_decays"])
-      tfeat = acc.tanh_embedding(state.count)                           # [11]
+      tfeat = _nn.tanh_embedding(state.count)                           # [11]
       n_norm = nn["w0"].shape[0] - tfeat.shape[0]
       b0 = nn["b0"] + tfeat @ nn["w0"][n_norm:]                         # time folded into bias
       widths = [1, 1, nm, nr, nm, nr, nf, nf, nf, nf, nf, nf]
@@ -119,7 +119,7 @@ class AdafacMLP:
           leaves, gl, tree.flatten_up_to(state.m), tree.flatten_up_to(state.rms),
           tree.flatten_up_to(state.v_row), tree.flatten_up_to(state.v_col),
           tree.flatten_up_to(state.v_diag)):
-        u, m, v, fl = _leaf.leaf_update(feat.adafac_groups, p, g, m, v,
+        u, m, v, fl = _leaf.leaf_update(_nn.adafac_groups, p, g, m, v,
                                         acc.FactoredLeaf(vr, vc, vd), mom_d, rms_d, fac_d,
                                         splits, b0, rest, step_fn, p_channel=1, ok=ok)
         outs["u"].append(u)

@@ -31,19 +31,10 @@ from lopt.learned_opts._loss import scalar_loss
 from lopt.learned_opts._guard import all_finite
 
 from lopt.learned_opts import _accumulators as acc
-from lopt.learned_opts import _features as feat
+from lopt.learned_opts import _nn
 from lopt.learned_opts import _hyper
 
 CeloState = _hyper.HyperState
-
-
-def _need_num_steps(name: str, num_steps: int | None) -> int:
-  if isinstance(num_steps, jax.core.Tracer):   # meta-training: a sampled, traced length
-    return num_steps
-  if num_steps is None or int(num_steps) < 1:
-    raise ValueError(f"{name} needs the training length: make(theta, num_steps=N) with N >= 1 "
-                     "(it sets the training-fraction and loss-EMA features of its scheduler).")
-  return int(num_steps)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,23 +63,11 @@ class Celo:
       raise TypeError(f"Celo.make got unknown options {sorted(options)}; it takes none.")
     if len(self.rms_decays) != 1:
       raise ValueError("Celo supports exactly one RMS decay, as the reference does.")
-    num_steps = _need_num_steps("Celo", num_steps)
+    num_steps = _hyper.need_num_steps("Celo", num_steps)
     spec = _hyper.HyperSpec("celo", tuple(self.momentum_decays), tuple(self.rms_decays),
                             tuple(self.adafactor_decays), self.ff_hidden_layers, self.exp_mult,
                             self.step_mult)
-    decays = acc.loss_decays(num_steps)
-
-    def init_fn(params):
-      return _hyper.init_state(spec, theta, params, num_steps)
-
-    def update_fn(grads, state, params=None, *, loss=None, **extra):
-      loss = scalar_loss("Celo", loss, extra, required=True)
-      if params is None:
-        raise ValueError("Celo needs params and the current loss: "
-                         "update(grads, state, params, loss=loss).")
-      return _hyper.update(spec, theta, decays, num_steps, grads, state, params, loss)
-
-    return optax.GradientTransformationExtraArgs(init_fn, update_fn)  # guarded inline
+    return _hyper.make_transform("Celo", spec, theta, acc.loss_decays(num_steps), num_steps)
 
 
 class CeloAdamState(NamedTuple):
@@ -122,20 +101,18 @@ class CeloAdam:
     """Returns the transform; `update(grads, state, params, loss=...)` needs the loss."""
     if options:
       raise TypeError(f"CeloAdam.make got unknown options {sorted(options)}; it takes none.")
-    num_steps = _need_num_steps("CeloAdam", num_steps)
+    num_steps = _hyper.need_num_steps("CeloAdam", num_steps)
     decays = acc.loss_decays(num_steps)
     b1, b2, eps, step_mult = self.b1, self.b2, self.eps, self.step_mult
 
+    # Not `_hyper.make_transform`: only the scheduler (loss/time features -> LSTM -> one lr per
+    # tensor) is Celo's; the update is Adam's, needs no params, and keeps Adam moments
+    # instead of HyperState's accumulators, so the shared pieces are the scheduler helpers.
     def init_fn(params):
-      leaves, tree = jax.tree_util.tree_flatten(params)
-      n = len(leaves)
+      n = len(jax.tree_util.tree_leaves(params))
       zeros = lambda: jax.tree_util.tree_map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
-      init = theta["lstm_init_state"]
       return CeloAdamState(jnp.zeros([], jnp.int32), zeros(), zeros(),
-                           jnp.tile(jnp.asarray(init["hidden"], jnp.float32), (n, 1)),
-                           jnp.tile(jnp.asarray(init["cell"], jnp.float32), (n, 1)),
-                           jnp.zeros([10], jnp.float32),
-                           999999999999.0 * jnp.ones([10], jnp.float32))
+                           *_hyper.scheduler_init(theta, n))
 
     def update_fn(grads, state, params=None, *, loss=None, **extra):
       del params
@@ -143,14 +120,13 @@ class CeloAdam:
       loss = jnp.asarray(loss, jnp.float32)
       ok = all_finite(grads, loss)   # else: zero update, state unchanged
       keep = lambda new, old: jnp.where(ok, new, old)
-      means, rmin = acc.loss_update(state.loss_means, state.loss_min, state.count, loss, decays)
-      loss_feat = acc.loss_features(means, rmin, state.count + 1, decays)
-      frac = state.count / jnp.asarray(num_steps, jnp.float32)
-      x = jnp.concatenate([acc.fractional_tanh_embed(frac), loss_feat])[None]   # [1, 18]
+      means, rmin, x = _hyper.time_loss_features(state.count, state.loss_means, state.loss_min,
+                                                 loss, decays, num_steps)
+      x = x[None]                                                                # [1, 18]
       gl, tree = jax.tree_util.tree_flatten(grads)
       n = len(gl)
       rnn = theta["rnn_params"]
-      out, h, c = feat.mix_lstm(rnn, jnp.tile(x, (n, 1)), state.lstm_hidden, state.lstm_cell)
+      out, h, c = _nn.mix_lstm(rnn, jnp.tile(x, (n, 1)), state.lstm_hidden, state.lstm_cell)
       lr = jnp.exp((out @ rnn["step_size"]["w"] + rnn["step_size"]["b"])[:, 0]) * 0.1 * step_mult
       t = state.count + 1
       d1, d2 = jnp.float32(b1), jnp.float32(b2)

@@ -8,14 +8,13 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from lopt.learned_opts import _nn
 from lopt.learned_opts._loss import scalar_loss
 
 
 def all_finite(grads: Any, loss: Any = None) -> jax.Array:
   """True (a bool scalar) when every gradient entry and the loss (if given) are finite."""
-  checked = jax.tree.leaves(grads) + ([loss] if loss is not None else [])
-  leaves = [jnp.all(jnp.isfinite(x)) for x in checked]
-  return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
+  return _nn.tree_all_finite(grads, loss)  # a None loss has no leaves
 
 
 def skip_nonfinite(opt: optax.GradientTransformation) -> optax.GradientTransformationExtraArgs:

@@ -12,6 +12,9 @@ One step, for a pytree of parameters:
 Written after learned_optimization's `hyper_v2.HyperV2` and amoudgl/celo's `Celo`, quirks
 included (dead first mix layer, 3-wide `var_rms`, raw VeLO `lr_mult`, `param_scale` epsilon,
 loss features zero for the first two steps).
+
+`make_transform` is the one optax factory of VeLO and Celo; Celo-Adam shares the scheduler
+pieces (`scheduler_init`, `time_loss_features`, the LSTM trunk) but not the transform.
 """
 
 from __future__ import annotations
@@ -22,11 +25,16 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from lopt.learned_opts import _accumulators as acc
-from lopt.learned_opts import _features as feat
+from lopt.learned_opts import _nn
 from lopt.learned_opts import _leaf
 from lopt.learned_opts._guard import all_finite
+from lopt.learned_opts._loss import scalar_loss
+
+# The reference's initial running minimum of the loss EMAs ("no loss seen yet").
+_NO_LOSS_YET = 999999999999.0
 
 # Widths of the 14 per-parameter input groups (w0__0 .. w0__13) for (n_mom, n_rms, n_fac).
 def ff_widths(nm: int, nr: int, nf: int) -> list[int]:
@@ -91,24 +99,49 @@ def velo_tensor_features(p: jax.Array, m: jax.Array, rms: jax.Array, time_loss: 
                           _clip_log_abs(var_rms)])
 
 
+def need_num_steps(name: str, num_steps: int | None) -> int:
+  """`num_steps` as an int >= 1 (a traced length passes through), else a ValueError."""
+  if isinstance(num_steps, jax.core.Tracer):   # meta-training: a sampled, traced length
+    return num_steps
+  if num_steps is None or int(num_steps) < 1:
+    raise ValueError(f"{name} needs the training length: make(theta, num_steps=N) with N >= 1 "
+                     "(it sets the training-fraction and loss-EMA features of its scheduler).")
+  return int(num_steps)
+
+
+def scheduler_init(theta: Any, n_leaves: int
+                   ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+  """`(lstm_hidden [n, H], lstm_cell [n, H], loss_means [10], loss_min [10])` at step 0."""
+  init = theta["lstm_init_state"]
+  return (jnp.tile(jnp.asarray(init["hidden"], jnp.float32), (n_leaves, 1)),
+          jnp.tile(jnp.asarray(init["cell"], jnp.float32), (n_leaves, 1)),
+          jnp.zeros([10], jnp.float32), _NO_LOSS_YET * jnp.ones([10], jnp.float32))
+
+
+def time_loss_features(count: jax.Array, loss_means: jax.Array, loss_min: jax.Array,
+                       loss: jax.Array, loss_decays: jax.Array, num_steps: int
+                       ) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """`(new loss_means, new loss_min, features [18])`: 9 training-fraction, 9 loss features."""
+  means, rmin = acc.loss_update(loss_means, loss_min, count, loss, loss_decays)
+  loss_feat = acc.loss_features(means, rmin, count + 1, loss_decays)
+  frac = count / jnp.asarray(num_steps, jnp.float32)
+  return means, rmin, jnp.concatenate([acc.fractional_tanh_embed(frac), loss_feat])
+
+
 def init_state(spec: HyperSpec, theta: Any, params: Any, num_steps: int) -> HyperState:
   del num_steps
   leaves, tree = jax.tree_util.tree_flatten(params)
   nm, nr, nf = (len(spec.momentum_decays), len(spec.rms_decays), len(spec.adafactor_decays))
   facs = [acc.fac_init(p, nf) for p in leaves]
   un = lambda xs: jax.tree_util.tree_unflatten(tree, list(xs))
-  n = len(leaves)
-  init = theta["lstm_init_state"]
+  hidden, cell, loss_means, loss_min = scheduler_init(theta, len(leaves))
   return HyperState(
       count=jnp.zeros([], jnp.int32),
       m=un(jnp.zeros((nm,) + p.shape, jnp.float32) for p in leaves),
       rms=un(jnp.zeros((nr,) + p.shape, jnp.float32) for p in leaves),
       v_row=un(f.v_row for f in facs), v_col=un(f.v_col for f in facs),
       v_diag=un(f.v_diag for f in facs),
-      lstm_hidden=jnp.tile(jnp.asarray(init["hidden"], jnp.float32), (n, 1)),
-      lstm_cell=jnp.tile(jnp.asarray(init["cell"], jnp.float32), (n, 1)),
-      loss_means=jnp.zeros([10], jnp.float32),
-      loss_min=999999999999.0 * jnp.ones([10], jnp.float32))
+      lstm_hidden=hidden, lstm_cell=cell, loss_means=loss_means, loss_min=loss_min)
 
 
 def update(spec: HyperSpec, theta: Any, loss_decays: jax.Array, num_steps: int,
@@ -118,10 +151,8 @@ def update(spec: HyperSpec, theta: Any, loss_decays: jax.Array, num_steps: int,
   nm, nr, nf = (len(spec.momentum_decays), len(spec.rms_decays), len(spec.adafactor_decays))
   loss = jnp.asarray(loss, jnp.float32)
   ok = all_finite(grads, loss)   # else: zero update, state unchanged (selected in the fusions)
-  means, rmin = acc.loss_update(state.loss_means, state.loss_min, state.count, loss, loss_decays)
-  loss_feat = acc.loss_features(means, rmin, state.count + 1, loss_decays)
-  frac = state.count / jnp.asarray(num_steps, jnp.float32)
-  time_loss = jnp.concatenate([acc.fractional_tanh_embed(frac), loss_feat])   # [18]
+  means, rmin, time_loss = time_loss_features(state.count, state.loss_means, state.loss_min,
+                                             loss, loss_decays, num_steps)   # [18]
 
   leaves, tree = jax.tree_util.tree_flatten(params)
   gl = tree.flatten_up_to(grads)   # clipped to +-1000 inside each tensor's blocks
@@ -134,7 +165,7 @@ def update(spec: HyperSpec, theta: Any, loss_decays: jax.Array, num_steps: int,
   else:
     x = jnp.tile(time_loss[None], (n, 1))
   rnn = theta["rnn_params"]
-  out, h, c = feat.mix_lstm(rnn, x, state.lstm_hidden, state.lstm_cell)
+  out, h, c = _nn.mix_lstm(rnn, x, state.lstm_hidden, state.lstm_cell)
   if spec.bugged_next_lstm_state:
     h, c = state.lstm_hidden, state.lstm_cell
   step_out = (out @ rnn["step_size"]["w"] + rnn["step_size"]["b"])[:, 0]          # [n]
@@ -168,7 +199,7 @@ def update(spec: HyperSpec, theta: Any, loss_decays: jax.Array, num_steps: int,
       param_scale = jnp.sqrt(mean_p2 + 1e-9)
       return lr * (d * (param_scale * jnp.exp(mag * spec.exp_mult)) * spec.step_mult)
 
-    u, m, v, fl = _leaf.leaf_update(feat.hyper_groups, p, g, m, v, acc.FactoredLeaf(vr, vc, vd),
+    u, m, v, fl = _leaf.leaf_update(_nn.hyper_groups, p, g, m, v, acc.FactoredLeaf(vr, vc, vd),
                                     mom_d, rms_d, fac_d, w0, ff["b0"][i], rest, step_fn,
                                     p_channel=2, clip=1000.0, ok=ok)
     outs["u"].append(u)
@@ -194,14 +225,14 @@ def init_theta(key: jax.Array, *, n_lstm_in: int, hidden: int, param_inits: int,
   extra = {"rnn_to_controls": param_inits, "step_size": 1} if with_bank else {"step_size": 1}
   theta = {"lstm_init_state": {"hidden": jnp.zeros([1, hidden], jnp.float32),
                                "cell": jnp.zeros([1, hidden], jnp.float32)},
-           "rnn_params": feat.rnn_init(k_rnn, n_lstm_in, hidden, extra)}
+           "rnn_params": _nn.rnn_init(k_rnn, n_lstm_in, hidden, extra)}
   if with_bank:
     n_in = sum(widths)
     sizes = [ff_hidden] * ff_layers + [3]
     shapes = {f"w0__{j}": ((w, ff_hidden), n_in) for j, w in enumerate(widths)}
     shapes.update({f"w{li}": ((sizes[li - 1], sizes[li]), sizes[li - 1])
                    for li in range(1, len(sizes))})
-    ws = feat.truncated_normals(k_bank, [((param_inits,) + shape, 1.0 / np.sqrt(fan_in))
+    ws = _nn.truncated_normals(k_bank, [((param_inits,) + shape, 1.0 / np.sqrt(fan_in))
                                          for shape, fan_in in shapes.values()])
     bank = dict(zip(shapes, ws))
     bank.update({f"b{li}": jnp.zeros([param_inits, s], jnp.float32) for li, s in enumerate(sizes)})
@@ -216,3 +247,24 @@ def init_theta_for(lopt: Any, key: jax.Array, *, n_lstm_in: int) -> dict:
   return init_theta(key, n_lstm_in=n_lstm_in, hidden=lopt.lstm_hidden_size,
                     param_inits=lopt.param_inits, widths=widths, ff_hidden=lopt.ff_hidden_size,
                     ff_layers=lopt.ff_hidden_layers)
+
+
+def make_transform(name: str, spec: HyperSpec, theta: Any, loss_decays: jax.Array,
+                   num_steps: int) -> optax.GradientTransformationExtraArgs:
+  """The optax transform of a HyperV2-style rule (VeLO, Celo): `init_state` then `update`.
+
+  `update(grads, state, params, loss=loss)` needs both params (per-parameter features) and
+  the loss (scheduler features); non-finite steps are skipped inside `update`'s fused pass.
+  """
+
+  def init_fn(params):
+    return init_state(spec, theta, params, num_steps)
+
+  def update_fn(grads, state, params=None, *, loss=None, **extra):
+    loss = scalar_loss(name, loss, extra, required=True)
+    if params is None:
+      raise ValueError(f"{name} needs params and the current loss: "
+                       "update(grads, state, params, loss=loss).")
+    return update(spec, theta, loss_decays, num_steps, grads, state, params, loss)
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -26,7 +26,7 @@ import numpy as np
 from jax import lax
 
 from lopt.learned_opts import _accumulators as acc
-from lopt.learned_opts import _features as feat
+from lopt.learned_opts import _nn
 
 BLOCK = 8192  # elements per block: ~30 channels x 32 KiB stays in L2
 
@@ -203,7 +203,7 @@ def leaf_update(groups_fn: Callable, p: jax.Array, g: jax.Array, m: jax.Array, r
     z = lambda k: jnp.zeros((k,) + (1,) * len(s1), jnp.float32)
     small_groups = groups_fn(z(1)[0], z(1)[0], z(nm), z(nr),
                              acc.FactorInfo(*small, False))
-    ms = [feat.mean_square(sg) if m_ is None else m_ for sg, m_ in zip(small_groups, ms)]
+    ms = [_nn.mean_square(sg) if m_ is None else m_ for sg, m_ in zip(small_groups, ms)]
   scales = [jax.lax.rsqrt(1e-5 + x) for x in ms]
   w0s = [w * sc[:, None] for w, sc in zip(w0, scales)]
   mean_p2 = ms[p_channel][0]
@@ -229,16 +229,16 @@ def leaf_update(groups_fn: Callable, p: jax.Array, g: jax.Array, m: jax.Array, r
   fw = [w for w, f in zip(w0s, is_full) if f]
 
   groups = groups_of(p1, g1, m1, r1, carried_extra if diag else small)
-  h = feat.mlp_units([q for q, f in zip(groups, is_full) if f], fw, b0)
+  h = _nn.mlp_units([q for q, f in zip(groups, is_full) if f], fw, b0)
   if n_terms:
     h = [x + sum(t[0] for t in flat_terms[k * n_terms:(k + 1) * n_terms])
          for k, x in enumerate(h)]
-  h = feat.relu_all(h)
+  h = _nn.relu_all(h)
   for li, (w, b) in enumerate(rest):
     last = li == len(rest) - 1
-    h = feat.dense_units(h, w, b, 2 if last else None)
+    h = _nn.dense_units(h, w, b, 2 if last else None)
     if not last:
-      h = feat.relu_all(h)
+      h = _nn.relu_all(h)
   outs = (keep(-step_fn(h[0], h[1], mean_p2), 0.0)[None], m1, r1) + tuple(carried_extra)
   upd = outs[0].reshape(shape).astype(p.dtype)
   new_m = outs[1].reshape((nm,) + shape)

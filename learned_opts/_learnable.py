@@ -16,7 +16,7 @@ import optax
 
 from lopt.learned_opts._loss import scalar_loss
 
-from lopt.learned_opts import _nets
+from lopt.learned_opts import _nn
 
 
 class LearnableAdamState(NamedTuple):
@@ -32,10 +32,10 @@ class LearnableSGDMState(NamedTuple):
 
 def _finite_guard(grads, new_state, old_state, updates, params):
   """Non-finite gradients skip the step: zero update, state unchanged."""
-  ok = _nets.tree_all_finite(grads)
+  ok = _nn.tree_all_finite(grads)
   ref = params if params is not None else grads
   updates = jax.tree.map(lambda u, r: jnp.where(ok, u, 0.0).astype(r.dtype), updates, ref)
-  return updates, _nets.tree_select(ok, new_state, old_state)
+  return updates, _nn.tree_select(ok, new_state, old_state)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,7 +71,7 @@ class LearnableAdam:
            ) -> optax.GradientTransformationExtraArgs:
     """Returns Adam with the hparams in theta; `num_steps` is accepted and unused."""
     del num_steps
-    _nets.no_options(type(self).__name__, options)
+    _nn.no_options(type(self).__name__, options)
     lr = jnp.exp(theta["log_lr"])
     b1 = 1.0 - jnp.exp(theta["one_minus_beta1"])
     b2 = 1.0 - jnp.exp(theta["one_minus_beta2"])
@@ -84,7 +84,7 @@ class LearnableAdam:
 
     def update_fn(grads, state, params=None, **extra):
       scalar_loss(type(self).__name__, extra.get("loss"), extra)  # checked, unused
-      g32 = _nets.f32(grads)
+      g32 = _nn.f32(grads)
       mu = jax.tree.map(lambda m, g: b1 * m + (1 - b1) * g, state.mu, g32)
       nu = jax.tree.map(lambda v, g: b2 * v + (1 - b2) * g * g, state.nu, g32)
       count = state.count + 1
@@ -124,7 +124,7 @@ class LearnableSGDM:
            ) -> optax.GradientTransformationExtraArgs:
     """Heavy-ball momentum: `trace = mom * trace + g; update = -lr * trace`."""
     del num_steps
-    _nets.no_options(type(self).__name__, options)
+    _nn.no_options(type(self).__name__, options)
     lr = jnp.exp(theta["log_lr"])
     mom = 1.0 - jnp.exp(theta["one_minus_momentum"])
 
@@ -134,7 +134,7 @@ class LearnableSGDM:
 
     def update_fn(grads, state, params=None, **extra):
       scalar_loss(type(self).__name__, extra.get("loss"), extra)  # checked, unused
-      trace = jax.tree.map(lambda t, g: mom * t + g, state.trace, _nets.f32(grads))
+      trace = jax.tree.map(lambda t, g: mom * t + g, state.trace, _nn.f32(grads))
       updates = jax.tree.map(lambda t: -lr * t, trace)
       return _finite_guard(grads, LearnableSGDMState(trace, state.count + 1), state, updates,
                            params)

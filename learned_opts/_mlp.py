@@ -19,10 +19,10 @@ import optax
 
 from lopt.learned_opts._loss import scalar_loss
 
-from lopt.learned_opts import _nets
+from lopt.learned_opts import _nn
 
 _DECAYS = (0.1, 0.5, 0.9, 0.99, 0.999, 0.9999)
-_N_FEATURES = 2 + len(_DECAYS) + len(_nets.TIMESCALES)  # 19
+_N_FEATURES = 2 + len(_DECAYS) + len(_nn.TIMESCALES)  # 19
 
 
 class MLPLOptState(NamedTuple):
@@ -57,13 +57,13 @@ class MLPLOpt:
 
   def init_meta(self, key: jax.Array) -> dict[str, Any]:
     sizes = [self.hidden_size] * self.hidden_layers + [2]
-    return _nets.mlp_init(key, _N_FEATURES, sizes)
+    return _nn.mlp_init(key, _N_FEATURES, sizes)
 
   def make(self, theta: Any, *, num_steps: int | None = None, **options: Any
            ) -> optax.GradientTransformationExtraArgs:
     """Returns the optax transform. `num_steps` is accepted and unused (time is absolute)."""
     del num_steps
-    _nets.no_options(type(self).__name__, options)
+    _nn.no_options(type(self).__name__, options)
     decays = jnp.asarray(_DECAYS, jnp.float32)
 
     def init_fn(params):
@@ -72,10 +72,10 @@ class MLPLOpt:
 
     def update_fn(grads, state, params=None, **extra):
       scalar_loss("MLPLOpt", extra.get("loss"), extra)  # checked, not a feature here
-      _nets.require_params(params, "MLPLOpt")
-      g32 = _nets.f32(grads)
-      mom = jax.tree.map(lambda m, g: _nets.rolling_moments(m, g, decays), state.mom, g32)
-      time_feat = _nets.tanh_embedding(state.iteration)  # [11]
+      _nn.require_params(params, "MLPLOpt")
+      g32 = _nn.f32(grads)
+      mom = jax.tree.map(lambda m, g: _nn.rolling_moments(m, g, decays), state.mom, g32)
+      time_feat = _nn.tanh_embedding(state.iteration)  # [11]
 
       def step_one(p, g, m):
         shape = p.shape
@@ -83,16 +83,16 @@ class MLPLOpt:
         g = g.reshape(p.shape)
         m = m.reshape(p.shape + (len(_DECAYS),))
         x = jnp.concatenate([g[..., None], p[..., None], m], axis=-1)  # [*shape, 8]
-        x = _nets.second_moment_normalizer(x, axis=tuple(range(p.ndim)))
+        x = _nn.second_moment_normalizer(x, axis=tuple(range(p.ndim)))
         t = jnp.broadcast_to(time_feat, p.shape + time_feat.shape)
-        out = _nets.mlp(theta, jnp.concatenate([x, t], axis=-1))  # [*shape, 2]
+        out = _nn.mlp(theta, jnp.concatenate([x, t], axis=-1))  # [*shape, 2]
         step = out[..., 0] * jnp.exp(out[..., 1] * self.exp_mult) * self.step_mult
         return (-step).reshape(shape)
 
       updates = jax.tree.map(step_one, params, g32, mom)
-      ok = _nets.tree_all_finite(g32)
+      ok = _nn.tree_all_finite(g32)
       updates = jax.tree.map(lambda u, p: jnp.where(ok, u, 0.0).astype(p.dtype), updates, params)
-      new_state = MLPLOptState(mom=_nets.tree_select(ok, mom, state.mom),
+      new_state = MLPLOptState(mom=_nn.tree_select(ok, mom, state.mom),
                                iteration=state.iteration + ok.astype(jnp.int32))
       return updates, new_state
 

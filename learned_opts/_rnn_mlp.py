@@ -27,7 +27,7 @@ import optax
 
 from lopt.learned_opts._loss import scalar_loss
 
-from lopt.learned_opts import _nets
+from lopt.learned_opts import _nn
 
 _TENSOR_FEATURES = 18
 _MLP_FEATURES = 37
@@ -120,14 +120,14 @@ class RNNMLP:
     rnn_in = _TENSOR_FEATURES + self.from_lstm_size + self.from_mlp_size
     mlp_in = _MLP_FEATURES + self.lstm_to_ff
     return {
-        "initial_from_lstm": _nets.variance_scaling(k1, (self.from_lstm_size,)),
-        "initial_from_mlp": _nets.variance_scaling(k2, (self.from_mlp_size,)),
+        "initial_from_lstm": _nn.variance_scaling(k1, (self.from_lstm_size,)),
+        "initial_from_mlp": _nn.variance_scaling(k2, (self.from_mlp_size,)),
         "lstm_init_state": {"hidden": jnp.zeros((1, h), jnp.float32),
                             "cell": jnp.zeros((1, h), jnp.float32)},
-        "rnn_params": {"rnn/linear": _nets.linear_init(k3, rnn_in + h, 4 * h)},
-        "rnn_to_ff_params": {"rnn_to_ff": _nets.linear_init(k4, h, self.lstm_to_ff)},
-        "rnn_to_in_params": {"rnn_to_in": _nets.linear_init(k5, h, self.from_lstm_size)},
-        "ffmod_params": _nets.mlp_init(
+        "rnn_params": {"rnn/linear": _nn.linear_init(k3, rnn_in + h, 4 * h)},
+        "rnn_to_ff_params": {"rnn_to_ff": _nn.linear_init(k4, h, self.lstm_to_ff)},
+        "rnn_to_in_params": {"rnn_to_in": _nn.linear_init(k5, h, self.from_lstm_size)},
+        "ffmod_params": _nn.mlp_init(
             k6, mlp_in, [self.hidden_size] * self.hidden_layer + [2 + self.from_mlp_size]),
     }
 
@@ -135,7 +135,7 @@ class RNNMLP:
            ) -> optax.GradientTransformationExtraArgs:
     """Returns the optax transform. `num_steps` is accepted and unused (time is absolute)."""
     del num_steps
-    _nets.no_options(type(self).__name__, options)
+    _nn.no_options(type(self).__name__, options)
     decays = jnp.asarray(self.decays, jnp.float32)
     nd = len(self.decays)
     clip_alpha, clip_mult = 0.99, 10.0
@@ -186,10 +186,10 @@ class RNNMLP:
       rsqrt = jax.lax.rsqrt(r + 1e-6)
       per = {"flat_g": flat_g, "flat_v": flat_v, "log_abs_v": jnp.log(jnp.abs(flat_v) + 1e-8),
              "m": m, "rms_scaled_g": m * rsqrt, "rms": r, "rsqrt": rsqrt}
-      x = _nets.second_moment_normalizer(
+      x = _nn.second_moment_normalizer(
           jnp.concatenate([per[k] for k in sorted(per)], axis=1), axis=0)  # [n, 23]
       tiled = jnp.concatenate([
-          _nets.sin_embedding(iteration),                       # [11]
+          _nn.sin_embedding(iteration),                       # [11]
           jnp.reshape(np.log(float(n_tensors)) - 1.0, (1,)),
           jnp.reshape(jnp.log(_norm(flat_v) + 1e-8), (1,)),
           jnp.reshape(np.log(float(n)), (1,)),
@@ -198,10 +198,10 @@ class RNNMLP:
       return jnp.concatenate([x, jnp.broadcast_to(tiled, (n,) + tiled.shape)], axis=1)
 
     def update_fn(grads, state, params=None, *, loss=None, **extra):
-      _nets.require_params(params, "RNNMLP")
+      _nn.require_params(params, "RNNMLP")
       loss = scalar_loss("RNNMLP", loss, extra, required=True)
       loss = jnp.asarray(loss, jnp.float32)
-      g32, p32 = _nets.f32(grads), _nets.f32(params)
+      g32, p32 = _nn.f32(grads), _nn.f32(params)
       leaves_p, treedef = jax.tree.flatten(p32)
 
       train_loss = _loss_norm_next(state.train_loss, loss, train_decay)
@@ -216,35 +216,35 @@ class RNNMLP:
       avg_sq = sum(jnp.mean(jnp.square(g)) for g in leaves_g) / len(leaves_g)
       clip_value = state.clip_value * clip_alpha + jnp.sqrt(1e-8 + avg_sq) * (1.0 - clip_alpha)
 
-      mom = jax.tree.map(lambda m, g: _nets.rolling_moments(m, g, decays), state.mom, g32)
-      rms = jax.tree.map(lambda r, g: _nets.rolling_moments(r, g * g, decays), state.rms, g32)
+      mom = jax.tree.map(lambda m, g: _nn.rolling_moments(m, g, decays), state.mom, g32)
+      rms = jax.tree.map(lambda r, g: _nn.rolling_moments(r, g * g, decays), state.rms, g32)
       leaves_m, leaves_r = treedef.flatten_up_to(mom), treedef.flatten_up_to(rms)
       leaves_fm = treedef.flatten_up_to(state.from_mlp)
 
       rnn_in = jnp.stack([
           tensor_features(m, r, g, v, fm, state.from_lstm, train_feat, valid_feat)
           for m, r, g, v, fm in zip(leaves_m, leaves_r, leaves_g, leaves_p, leaves_fm)])
-      hidden, cell = _nets.lstm(theta["rnn_params"]["rnn/linear"], rnn_in,
+      hidden, cell = _nn.lstm(theta["rnn_params"]["rnn/linear"], rnn_in,
                                 state.lstm_hidden, state.lstm_cell)  # [n_tensors, H]
-      from_lstm = jnp.mean(_nets.linear(theta["rnn_to_in_params"]["rnn_to_in"], hidden), axis=0)
-      ff_in = _nets.linear(theta["rnn_to_ff_params"]["rnn_to_ff"], hidden)  # [n_tensors, 17]
+      from_lstm = jnp.mean(_nn.linear(theta["rnn_to_in_params"]["rnn_to_in"], hidden), axis=0)
+      ff_in = _nn.linear(theta["rnn_to_ff_params"]["rnn_to_ff"], hidden)  # [n_tensors, 17]
 
       n_tensors = len(leaves_p)
       updates, from_mlp = [], []
       for i, (m, r, g, v) in enumerate(zip(leaves_m, leaves_r, leaves_g, leaves_p)):
         feats = mlp_features(m, r, g, v, ff_in[i], state.iteration, n_tensors)
-        out = _nets.mlp(theta["ffmod_params"], feats)  # [n, 2 + from_mlp_size]
+        out = _nn.mlp(theta["ffmod_params"], feats)  # [n, 2 + from_mlp_size]
         step = out[:, 0] * jnp.exp(out[:, 1] * self.magnitude_rate) * self.step_multiplier
         updates.append(-step.reshape(v.shape))
         from_mlp.append(jnp.mean(out[:, 2:], axis=0))
 
-      ok = _nets.tree_all_finite(grads, loss)
+      ok = _nn.tree_all_finite(grads, loss)
       new = RNNMLPState(
           mom=mom, rms=rms, iteration=state.iteration + 1, lstm_hidden=hidden, lstm_cell=cell,
           from_mlp=treedef.unflatten(from_mlp), from_lstm=from_lstm, train_loss=train_loss,
           valid_loss=state.valid_loss, clip_iteration=state.clip_iteration + 1.0,
           clip_value=clip_value)
-      new = _nets.tree_select(ok, new, state)
+      new = _nn.tree_select(ok, new, state)
       updates = jax.tree.map(lambda u, p: jnp.where(ok, u, 0.0).astype(p.dtype),
                              treedef.unflatten(updates), params)
       return updates, new

@@ -115,27 +115,12 @@ class VeLO:
     """Returns the transform; `update(grads, state, params, loss=...)` needs params and loss."""
     if options:
       raise TypeError(f"VeLO.make got unknown options {sorted(options)}; it takes none.")
-    if num_steps is None or int(num_steps) < 1:
-      raise ValueError("VeLO needs the training length: make(theta, num_steps=N) with N >= 1 "
-                       "(it sets VeLO's training-fraction and loss-EMA features).")
-    num_steps = int(num_steps)
+    num_steps = int(_hyper.need_num_steps("VeLO", num_steps))  # int(): no traced length here
     if num_steps > self.max_training_steps:
       every = math.ceil(num_steps / self.max_training_steps)
       return accumulate(self._make(theta, num_steps // every), every)
     return self._make(theta, num_steps)
 
   def _make(self, theta: Any, num_steps: int) -> optax.GradientTransformationExtraArgs:
-    spec = self._spec()
     decays = acc.loss_decays(10 if self.use_bugged_loss_features else num_steps)
-
-    def init_fn(params):
-      return _hyper.init_state(spec, theta, params, num_steps)
-
-    def update_fn(grads, state, params=None, *, loss=None, **extra):
-      loss = scalar_loss("VeLO", loss, extra, required=True)
-      if params is None:
-        raise ValueError("VeLO needs params and the current loss: "
-                         "update(grads, state, params, loss=loss).")
-      return _hyper.update(spec, theta, decays, num_steps, grads, state, params, loss)
-
-    return optax.GradientTransformationExtraArgs(init_fn, update_fn)  # guarded inline
+    return _hyper.make_transform("VeLO", self._spec(), theta, decays, num_steps)

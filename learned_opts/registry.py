@@ -1,95 +1,81 @@
 """The named learned-optimizer architectures: `get("velo", lstm_hidden_size=8)`.
 
-A hand-written dict from name to a small factory; each factory imports its module only when
-called, so `import lopt.learned_opts` stays cheap.
+`ARCHITECTURES` is the one table: a row per architecture (registry name, module, class,
+reference). `REGISTRY`, `architecture_class`, `architecture_name` and the facade's exports
+(`lopt.learned_opts.__all__` and its lazy class attributes) are all derived from it, so adding
+a learned optimizer is one row here plus its module. Classes are imported only when first
+used, so `import lopt.learned_opts` stays cheap.
 
 Example:
   >>> from lopt.learned_opts import registry
   >>> lopt = registry.get("mlp", hidden_size=8)
   >>> lopt.hidden_size, registry.architecture_name(lopt)
   (8, 'mlp')
+  >>> registry.ARCHITECTURES["velo"].cls
+  'VeLO'
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
-from typing import Any, Callable
+from typing import Any, Callable, Mapping, NamedTuple
 
 from lopt.learned_opts.base import LearnedOptimizer
 
-__all__ = ["REGISTRY", "UnknownOptimizerError", "get", "names", "architecture_class",
-           "architecture_name", "hparams_of"]
+__all__ = ["ARCHITECTURES", "Architecture", "REGISTRY", "UnknownOptimizerError", "get",
+           "names", "architecture_class", "architecture_name", "hparams_of"]
 
 
 class UnknownOptimizerError(ValueError):
   """No learned optimizer is registered under that name."""
 
 
-# name -> (module, class). The single source of truth for the factories below.
-_CLASSES: dict[str, tuple[str, str]] = {
-    "adafac_mlp": ("lopt.learned_opts._adafac", "AdafacMLP"),
-    "mlp": ("lopt.learned_opts._mlp", "MLPLOpt"),
-    "rnn_mlp": ("lopt.learned_opts._rnn_mlp", "RNNMLP"),
-    "velo": ("lopt.learned_opts._velo", "VeLO"),
-    "celo": ("lopt.learned_opts._celo", "Celo"),
-    "celo_adam": ("lopt.learned_opts._celo", "CeloAdam"),
-    "learnable_adam": ("lopt.learned_opts._learnable", "LearnableAdam"),
-    "learnable_sgdm": ("lopt.learned_opts._learnable", "LearnableSGDM"),
-}
+class Architecture(NamedTuple):
+  """One row of the architecture table: where the class lives and what it reproduces."""
 
+  module: str     # e.g. "lopt.learned_opts._velo"
+  cls: str        # the class name, exported by `lopt.learned_opts`
+  reference: str  # the paper / implementation it follows
+
+
+ARCHITECTURES: dict[str, Architecture] = {
+    "adafac_mlp": Architecture("lopt.learned_opts._adafac", "AdafacMLP",
+                               "small_fc_lopt (Metz et al. 2022)"),
+    "mlp": Architecture("lopt.learned_opts._mlp", "MLPLOpt", "LOLv2 (arXiv 1810.10180)"),
+    "rnn_mlp": Architecture("lopt.learned_opts._rnn_mlp", "RNNMLP",
+                            "per-tensor LSTM + per-param MLP (arXiv 2009.11243)"),
+    "velo": Architecture("lopt.learned_opts._velo", "VeLO", "VeLO / HyperV2 (arXiv 2211.09760)"),
+    "celo": Architecture("lopt.learned_opts._celo", "Celo", "Celo (arXiv 2501.12670)"),
+    "celo_adam": Architecture("lopt.learned_opts._celo", "CeloAdam",
+                              "Celo-Adam (arXiv 2501.12670)"),
+    "learnable_adam": Architecture("lopt.learned_opts._learnable", "LearnableAdam",
+                                   "Adam with meta-learned lr/betas/eps"),
+    "learnable_sgdm": Architecture("lopt.learned_opts._learnable", "LearnableSGDM",
+                                   "SGD-momentum with meta-learned lr/momentum"),
+}
 
 def architecture_class(name: str) -> type:
   """The class registered under `name` (imports its module)."""
-  if name not in _CLASSES:
+  if name not in ARCHITECTURES:
     raise UnknownOptimizerError(
-        f"unknown learned optimizer {name!r}; known: {', '.join(sorted(_CLASSES))}")
-  module, cls = _CLASSES[name]
-  return getattr(importlib.import_module(module), cls)
+        f"unknown learned optimizer {name!r}; known: {', '.join(sorted(ARCHITECTURES))}")
+  row = ARCHITECTURES[name]
+  return getattr(importlib.import_module(row.module), row.cls)
 
 
-def _adafac_mlp(**hparams: Any) -> LearnedOptimizer:
-  return architecture_class("adafac_mlp")(**hparams)
+def _construct(name: str, **hparams: Any) -> LearnedOptimizer:
+  return architecture_class(name)(**hparams)
 
 
-def _mlp(**hparams: Any) -> LearnedOptimizer:
-  return architecture_class("mlp")(**hparams)
+def registry_from(table: Mapping[str, Architecture]
+                  ) -> dict[str, Callable[..., LearnedOptimizer]]:
+  """name -> factory (`factory(**hparams)` builds the architecture), one per table row."""
+  return {name: functools.partial(_construct, name) for name in table}
 
 
-def _rnn_mlp(**hparams: Any) -> LearnedOptimizer:
-  return architecture_class("rnn_mlp")(**hparams)
-
-
-def _velo(**hparams: Any) -> LearnedOptimizer:
-  return architecture_class("velo")(**hparams)
-
-
-def _celo(**hparams: Any) -> LearnedOptimizer:
-  return architecture_class("celo")(**hparams)
-
-
-def _celo_adam(**hparams: Any) -> LearnedOptimizer:
-  return architecture_class("celo_adam")(**hparams)
-
-
-def _learnable_adam(**hparams: Any) -> LearnedOptimizer:
-  return architecture_class("learnable_adam")(**hparams)
-
-
-def _learnable_sgdm(**hparams: Any) -> LearnedOptimizer:
-  return architecture_class("learnable_sgdm")(**hparams)
-
-
-REGISTRY: dict[str, Callable[..., LearnedOptimizer]] = {
-    "adafac_mlp": _adafac_mlp,          # small_fc_lopt (Metz et al. 2022)
-    "mlp": _mlp,                        # LOLv2 (arXiv 1810.10180)
-    "rnn_mlp": _rnn_mlp,                # per-tensor LSTM + per-param MLP (arXiv 2009.11243)
-    "velo": _velo,                      # VeLO / HyperV2 (arXiv 2211.09760)
-    "celo": _celo,                      # Celo (arXiv 2501.12670)
-    "celo_adam": _celo_adam,            # Celo-Adam
-    "learnable_adam": _learnable_adam,  # Adam with meta-learned lr/betas/eps
-    "learnable_sgdm": _learnable_sgdm,  # SGD-momentum with meta-learned lr/momentum
-}
+REGISTRY: dict[str, Callable[..., LearnedOptimizer]] = registry_from(ARCHITECTURES)
 
 
 def names() -> list[str]:
@@ -129,8 +115,8 @@ def get(name: str, **hparams: Any) -> LearnedOptimizer:
 
 def architecture_name(lopt: LearnedOptimizer) -> str:
   """The registry name of `lopt`'s architecture (by class, falling back to `lopt.name`)."""
-  for name, (module, cls) in _CLASSES.items():
-    if type(lopt).__module__ == module and type(lopt).__name__ == cls:
+  for name, row in ARCHITECTURES.items():
+    if type(lopt).__module__ == row.module and type(lopt).__name__ == row.cls:
       return name
   name = getattr(lopt, "name", None)
   if isinstance(name, str) and name in REGISTRY:

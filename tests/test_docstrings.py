@@ -24,7 +24,7 @@ def _modules() -> list[str]:
 
 def test_the_package_is_walked():
   names = _modules()
-  assert "lopt.training._loop" in names and "lopt.learned_opts.nino.nowcast" in names
+  assert "lopt.training._loop" in names and "lopt.learned_opts.nino._nowcast" in names
   assert lopt.__name__ == "lopt"
 
 

@@ -5,7 +5,7 @@ Public API:
   load_nowcaster(name_or_path, path=None) -> Nowcaster "nino" | "wnnp" | "wnnp_h32" | a path
   Nowcaster.predict(history, k) -> params              history: [ctx=5, ...] pytree, k in 1..40
   save_nowcaster(dir, nowcaster)                       orbax weights + nowcaster.json
-  nowcast(base, nowcaster, *, max_steps, period)       the optax wrapper (see nowcast.py)
+  nowcast(base, nowcaster, *, max_steps, period)       the optax wrapper (see _nowcast.py)
   resolve_nowcaster(name)                              "linear", shipped ("nino_lopt",
                                                        "wnnp_lopt"), official names, paths
   NowcasterConfig, make_model, predict_edges           the models (haiku) for training / inference
@@ -17,22 +17,30 @@ Example:
   >>> future = nc.predict(history, k=5)  # doctest: +SKIP
 """
 
+import sys
+
+from lopt.learned_opts.nino import _nowcast
 from lopt.learned_opts.nino.graph import (EDGE_TYPES, NeuralGraph, build_graph, gpt2_arch,
-                                          infer_arch)
+                                          graph_arch, infer_arch)
 from lopt.learned_opts.nino.lpe import laplacian_pe
 from lopt.learned_opts.nino.model import NowcasterConfig, make_model, predict_edges
 from lopt.learned_opts.nino.nowcaster import (OFFICIAL, Nowcaster, init_nowcaster,
                                               load_nowcaster, save_nowcaster, unzscore, zscore)
 from lopt.learned_opts.nino.torch_io import TorchFormatError, load_torch_zip
-# Imported last: binding `nowcast` (the function) on the package shadows the module name;
-# use importlib.import_module("lopt.learned_opts.nino.nowcast") to reach the module.
-from lopt.learned_opts.nino.nowcast import (NOWCAST_HOOKS, SHIPPED, LinearNowcaster, NowcastHooks, NowcastState,
-                                            calls_to_next_nowcast, default_period, k_schedule, needs_gradients, nowcast,
-                                            resolve_nowcaster)
+from lopt.learned_opts.nino._nowcast import (NOWCAST_HOOKS, SHIPPED, LinearNowcaster,
+                                             NowcasterLike, NowcastHooks, NowcastState,
+                                             calls_to_next_nowcast, default_period, k_schedule,
+                                             needs_gradients, nowcast, resolve_nowcaster,
+                                             shipped_dir)
 
-__all__ = ["EDGE_TYPES", "NeuralGraph", "build_graph", "gpt2_arch", "infer_arch", "laplacian_pe",
+# Deprecated module path: the wrapper's module was `nino.nowcast`, shadowed by the `nowcast`
+# function; `from lopt.learned_opts.nino.nowcast import X` still resolves, to `_nowcast`.
+sys.modules.setdefault(__name__ + ".nowcast", _nowcast)
+
+__all__ = ["EDGE_TYPES", "NeuralGraph", "build_graph", "gpt2_arch", "graph_arch", "infer_arch",
+           "laplacian_pe", "NowcasterLike",
            "NowcasterConfig", "make_model", "predict_edges", "OFFICIAL", "Nowcaster",
            "init_nowcaster", "load_nowcaster", "save_nowcaster", "zscore", "unzscore",
            "TorchFormatError", "load_torch_zip", "SHIPPED", "LinearNowcaster", "NowcastState",
-           "calls_to_next_nowcast", "default_period", "k_schedule", "needs_gradients", "nowcast", "resolve_nowcaster",
-           "NOWCAST_HOOKS", "NowcastHooks"]
+           "calls_to_next_nowcast", "default_period", "k_schedule", "needs_gradients", "nowcast",
+           "resolve_nowcaster", "shipped_dir", "NOWCAST_HOOKS", "NowcastHooks"]

@@ -60,7 +60,8 @@ import numpy as np
 
 from lopt.learned_opts.nino.layout import to_modules
 
-__all__ = ["NeuralGraph", "build_graph", "gpt2_arch", "infer_arch", "EDGE_TYPES", "graph_from_arrays"]
+__all__ = ["NeuralGraph", "build_graph", "graph_arch", "gpt2_arch", "infer_arch", "EDGE_TYPES",
+           "graph_from_arrays"]
 
 EDGE_TYPES = {"fc": 1, "bias": 2, "conv": 3, "norm": 4, "wte": 5, "wpe": 6, "attn_q": 7,
               "attn_k": 8, "attn_v": 9, "residual": 10, "head": 11, "self_loop": 13}
@@ -515,25 +516,49 @@ def _build_cached(arch_json: str, shapes_key: tuple) -> NeuralGraph:
   return b.build(arch_json)
 
 
-def _normalize_arch(arch: Mapping[str, Any] | None, shapes) -> dict:
-  """Our graph formats, plus lopt task `arch` dicts (`task.arch`) translated."""
-  if arch is None:
-    return infer_arch(shapes)
+def graph_arch(arch: Mapping[str, Any] | None) -> dict | None:
+  """The one translator from a task's `arch` (`task.arch`) to a neural-graph format.
+
+  Graph formats pass through ("sequential", "transformer" with `blocks`, "gpt2"); lopt task
+  descriptions `{"kind": "mlp" | "conv" | "mlp_autoencoder", "modules": [...]}` become
+  `{"kind": "sequential", "layers": modules}` (norm modules included, in their order), and
+  `{"kind": "transformer", "num_heads": H, "modules": ["gpt2/wte", ...]}` becomes `gpt2`.
+  Anything else gives None: no description (`build_graph` then infers from the names).
+  Only the `arch` is read, so the result is plain JSON-able data.
+
+  Example:
+    >>> graph_arch({"kind": "mlp", "modules": ["mlp/~/linear_0", "mlp/~/linear_1"]})
+    {'kind': 'sequential', 'layers': ['mlp/~/linear_0', 'mlp/~/linear_1']}
+    >>> graph_arch({"kind": "transformer", "num_heads": 2, "modules": ["lm/wte"]})
+    {'kind': 'gpt2', 'n_head': 2, 'prefix': 'lm'}
+  """
+  if not isinstance(arch, Mapping):
+    return None
   kind = arch.get("kind")
-  if kind == "gpt2":
-    return gpt2_arch(shapes, arch["n_head"], arch.get("prefix", "gpt2"))
-  if kind == "transformer" and "blocks" not in arch:  # a task's description (GPT-2 names)
-    if "num_heads" not in arch:
-      raise ValueError("a transformer arch needs 'blocks' (graph format) or 'num_heads'")
+  if kind in ("sequential", "gpt2") or (kind == "transformer" and "blocks" in arch):
+    return dict(arch)
+  if kind == "transformer" and "num_heads" in arch:  # a task's description (GPT-2 names)
     prefix = str(arch.get("modules", ["gpt2/wte"])[0]).split("/")[0]
-    return gpt2_arch(shapes, arch["num_heads"], prefix)
+    return {"kind": "gpt2", "n_head": arch["num_heads"], "prefix": prefix}
   if kind in ("mlp", "conv", "mlp_autoencoder") and arch.get("modules"):
     return {"kind": "sequential", "layers": list(arch["modules"])}
-  if kind in ("sequential", "transformer"):
-    return dict(arch)
-  raise ValueError(f"arch kind {kind!r} has no neural graph (supported: MLPs, ConvNets, GPT-2 "
-                   "style transformers); describe the model as 'sequential' or 'transformer' "
-                   "(see lopt.learned_opts.nino.graph)")
+  return None
+
+
+def _normalize_arch(arch: Mapping[str, Any] | None, shapes) -> dict:
+  """A graph format with every name filled in: `graph_arch`, then the shape-dependent parts."""
+  if arch is None:
+    return infer_arch(shapes)
+  graph = graph_arch(arch)
+  if graph is None and arch.get("kind") == "transformer":
+    raise ValueError("a transformer arch needs 'blocks' (graph format) or 'num_heads'")
+  if graph is None:
+    raise ValueError(f"arch kind {arch.get('kind')!r} has no neural graph (supported: MLPs, "
+                     "ConvNets, GPT-2 style transformers); describe the model as 'sequential' "
+                     "or 'transformer' (see lopt.learned_opts.nino.graph)")
+  if graph["kind"] == "gpt2":
+    return gpt2_arch(shapes, graph["n_head"], graph.get("prefix", "gpt2"))
+  return graph
 
 
 def build_graph(params, arch: Mapping[str, Any] | None = None) -> NeuralGraph:

@@ -9,10 +9,11 @@ scaling (`x * s + m`). `k` counts state intervals ahead (1..40) and may be trace
 
 Official weights (`load_nowcaster`): "nino" (`nino_no_posw.pt`, the GNN without token-id
 embeddings), "wnnp" / "nino_mlp" (`nino_mlp.pt`, WNN+ h128) and "wnnp_h32" / "nino_mlp_h32"
-(`nino_mlp_h32.pt`). Looked up in order: an explicit path (file or directory), then
+(`nino_mlp_h32.pt`), registered in the weights hub (`learned_opts/_hub.py`, `NOWCASTERS`)
+and found as every hub entry is: an explicit path (file or directory), then
 `$LOPT_CHECKPOINT_DIR/nino/<file>`, the user cache `~/.cache/lopt/checkpoints/nino/<file>`,
-the bundled `lopt/learned_opts/checkpoints/nino/`, then a download from GitHub (unless
-offline / `LOPT_OFFLINE=1`). Our own nowcasters are directories written by `save_nowcaster`
+the bundled `lopt/learned_opts/checkpoints/nino/`, then a verified download from GitHub
+(unless offline / `LOPT_OFFLINE=1`). Our own nowcasters are directories written by `save_nowcaster`
 (`nowcaster.json` + orbax `weights/`).
 
 Example:
@@ -23,20 +24,18 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import json
 import os
 import pathlib
 import shutil
 import tempfile
-import urllib.error
-import urllib.request
 from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lopt.learned_opts import _hub
 from lopt.learned_opts.nino import convert as _convert
 from lopt.learned_opts.nino.graph import NeuralGraph, build_graph
 from lopt.learned_opts.nino.layout import to_modules
@@ -47,19 +46,10 @@ __all__ = ["Nowcaster", "load_nowcaster", "save_nowcaster", "OFFICIAL", "zscore"
 
 NOWCASTER_JSON = "nowcaster.json"
 FORMAT_VERSION = 1
-_URL = "https://github.com/SamsungSAILMontreal/nino/raw/main/checkpoints/"
 
-# name -> (file, sha256, size)
-OFFICIAL = {
-    "nino": ("nino_no_posw.pt",
-             "2e2186e4a0e50193080eb9074648786ef25cd5ac3149a7df790127fe41101620", 2_215_116),
-    "wnnp": ("nino_mlp.pt",
-             "34d9ff3703274fa07615e27937dac8ea07f375ed95b5bde6d39abd8c41c06f52", 233_551),
-    "wnnp_h32": ("nino_mlp_h32.pt",
-                 "389e4d51e79a72bb9d780812504c98146073cc2a96da38be3b72d8abe0b6fd7d", 24_580),
-}
-_ALIASES = {"nino_no_posw": "nino", "nino_mlp": "wnnp", "wnn": "wnnp", "wnn+": "wnnp",
-            "nino_mlp_h32": "wnnp_h32", "wnn_h32": "wnnp_h32"}
+# name -> (file, sha256, size): a view of the weights hub's `NOWCASTERS` table, which is
+# where official nowcasters are registered (with their URL and aliases).
+OFFICIAL = {n: (ci.filename, ci.sha256, ci.size) for n, ci in _hub.NOWCASTERS.items()}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,106 +125,25 @@ def unzscore(z, mean, std):
   return z * std + mean
 
 
-def _canonical(name: str) -> str:
-  key = _ALIASES.get(name, name)
-  if key not in OFFICIAL:
-    raise KeyError(f"unknown nowcaster {name!r}; known: {', '.join(sorted(OFFICIAL))} (aliases "
-                   f"{', '.join(sorted(_ALIASES))}), or pass a path")
-  return key
-
-
-def _pretrained():
-  return importlib.import_module("lopt.learned_opts.pretrained")
-
-
-def _search_roots() -> list[pathlib.Path]:
-  pretrained = _pretrained()
-  roots = []
-  if os.environ.get("LOPT_CHECKPOINT_DIR"):
-    roots.append(pathlib.Path(os.environ["LOPT_CHECKPOINT_DIR"]) / "nino")
-  roots += [pretrained.cache_dir() / "nino", pretrained.bundled_dir() / "nino"]
-  return roots
-
-
 def verify_official(name: str, path: pathlib.Path, *, verify: bool | None = None
                     ) -> pathlib.Path:
   """`path`, after checking the size and sha256 published for official nowcaster `name`
   (skipped with `verify=False` or `$LOPT_NO_VERIFY`, as for the learned optimizers)."""
-  pretrained = _pretrained()
-  file, sha, size = OFFICIAL[_canonical(name)]
-  if not pretrained.verification_on(verify):
-    return path
-  import hashlib
-  got = path.stat().st_size
-  digest = hashlib.sha256(path.read_bytes()).hexdigest() if got == size else None
-  if digest != sha:
-    raise pretrained.CheckpointIntegrityError(
-        f"{path}: not the official {file} of nowcaster {name!r} ({got:,} bytes, sha256 "
-        f"{digest or '-'}; expected {size:,} bytes, {sha}). Fetch it again from {_URL}{file}, "
-        "or pass --no-verify for your own file")
+  ci = _hub.info(name, kind="nowcaster")
+  if _hub.verification_on(verify):
+    _hub.verify_file(pathlib.Path(path), ci, hint=" (pass --no-verify for your own file)")
   return path
 
 
 def add_official(name: str, file: str | os.PathLike) -> pathlib.Path:
   """Copies an official nowcaster file into the user cache after checking its sha256."""
-  key = _canonical(name)
-  src = verify_official(key, pathlib.Path(file).expanduser(), verify=True)
-  dest = _pretrained().cache_dir() / "nino" / OFFICIAL[key][0]
-  dest.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
-  os.close(fd)
-  try:
-    shutil.copyfile(src, tmp)
-    os.replace(tmp, dest)
-  finally:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-  return dest
+  return _hub.add(name, file, kind="nowcaster")
 
 
 def resolve_official(name: str, path: str | os.PathLike | None = None, *,
                      download: bool = True) -> pathlib.Path:
   """The local `.pt` file of an official nowcaster (see the module doc for the order)."""
-  key = _canonical(name)
-  file, sha, size = OFFICIAL[key]
-  if path is not None:
-    p = pathlib.Path(path).expanduser()
-    if p.is_dir():
-      p = p / file
-    if not p.exists():
-      raise FileNotFoundError(f"{p}: no such file (nowcaster {key!r} is {file})")
-    return verify_official(key, p)
-  for root in _search_roots():
-    if (root / file).is_file():
-      return verify_official(key, root / file)
-  pretrained = _pretrained()
-  dest = pretrained.cache_dir() / "nino" / file
-  offline = os.environ.get("LOPT_OFFLINE", "").lower() not in ("", "0", "false", "no")
-  where = f"{dest} or $LOPT_CHECKPOINT_DIR/nino/{file}"
-  if not download or offline:
-    raise pretrained.CheckpointUnavailableError(
-        f"nowcaster {key!r} ({file}) is not on this machine and downloads are off; get "
-        f"{_URL}{file} and put it at {where}")
-  dest.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix=f".{file}.", suffix=".part", dir=dest.parent)
-  try:
-    with os.fdopen(fd, "wb") as out, urllib.request.urlopen(_URL + file, timeout=15) as resp:
-      shutil.copyfileobj(resp, out, 1 << 20)
-    got = pathlib.Path(tmp).stat().st_size
-    if got != size:
-      raise pretrained.CheckpointIntegrityError(f"{_URL}{file}: {got} bytes, expected {size}")
-    import hashlib
-    if hashlib.sha256(pathlib.Path(tmp).read_bytes()).hexdigest() != sha:
-      raise pretrained.CheckpointIntegrityError(f"{_URL}{file}: sha256 mismatch")
-    os.replace(tmp, dest)
-  except (urllib.error.URLError, OSError, TimeoutError) as e:
-    raise pretrained.CheckpointUnavailableError(
-        f"nowcaster {key!r} could not be downloaded from {_URL}{file} ({e}); are you offline? "
-        f"Put the file at {where}") from e
-  finally:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-  return dest
+  return _hub.resolve_checkpoint(name, path, download=download, kind="nowcaster")
 
 
 def _to_jax(weights):

@@ -34,8 +34,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from lopt.learned_opts.nino.graph import graph_arch  # re-exported: the one task translator
+
 __all__ = [
-    "Nowcaster",
+    "NowcasterLike",
     "NowcastState",
     "LinearNowcaster",
     "nowcast",
@@ -51,8 +53,11 @@ __all__ = [
 ]
 
 
-class Nowcaster(Protocol):
-  """Predicts future parameters from a history of snapshots."""
+class NowcasterLike(Protocol):
+  """What `nowcast` needs: predicts future parameters from a history of snapshots.
+
+  (`nino.Nowcaster`, the NiNo / WNN+ model, is one; `LinearNowcaster` another.)
+  """
 
   def predict(self, history: Any, k: jax.Array) -> Any:
     """history: params pytree with a leading [ctx] axis (oldest first); k: horizon >= 1."""
@@ -142,23 +147,6 @@ class LinearNowcaster:
     return jax.tree_util.tree_map(one, history)
 
 
-def graph_arch(arch: dict | None) -> dict | None:
-  """A task's `arch` dict in the neural-graph format of `nino.graph` (None: let it infer).
-
-  Graph formats ("sequential", "transformer", "gpt2") pass through; task descriptions of
-  plain MLPs / ConvNets (`{"kind": "mlp" | "conv", "modules": [...], "norm": None}`) become
-  `{"kind": "sequential", "layers": modules}`; anything else gives None (inference from the
-  parameter names).
-  """
-  if not isinstance(arch, dict):
-    return None
-  if arch.get("kind") in ("sequential", "transformer", "gpt2"):
-    return arch
-  if arch.get("kind") in ("mlp", "conv") and arch.get("modules") and not arch.get("norm"):
-    return {"kind": "sequential", "layers": list(arch["modules"])}
-  return None
-
-
 def _attr(nowcaster, name: str, config_name: str):
   """`nowcaster.<name>`, else `nowcaster.config.<config_name>`, else None."""
   if getattr(nowcaster, name, None) is not None:
@@ -201,7 +189,7 @@ def resolve_nowcaster(name_or_path: str | os.PathLike, **load_kwargs):
   return load_nowcaster(name, **load_kwargs)
 
 
-def nowcast(base: optax.GradientTransformation, nowcaster: Nowcaster, *, max_steps: int,
+def nowcast(base: optax.GradientTransformation, nowcaster: NowcasterLike, *, max_steps: int,
             period: int = 1000, ctx: int | None = None, k_decay: float = 2.0,
             max_k: int | None = None, history_dtype: Any = jnp.float32,
             arch: dict | None = None) -> optax.GradientTransformationExtraArgs:
@@ -360,3 +348,13 @@ class NowcastHooks:
 
 
 NOWCAST_HOOKS = NowcastHooks()
+
+
+def __getattr__(name: str) -> Any:
+  if name == "Nowcaster":  # the Protocol's old name; `nino.Nowcaster` is the model class
+    import warnings
+    warnings.warn("the nowcaster Protocol is now `NowcasterLike`; `Nowcaster` in this module "
+                  "is deprecated (`lopt.learned_opts.nino.Nowcaster` is the NiNo/WNN+ model)",
+                  DeprecationWarning, stacklevel=2)
+    return NowcasterLike
+  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,18 +1,25 @@
-"""Known pretrained learned-optimizer checkpoints, found locally or downloaded on demand.
+"""The weights hub: every known learned-optimizer theta and nowcaster, found or downloaded.
 
-`pretrained("celo")` returns `(lopt, theta)`. Where the file is looked for, in order:
+One row type (`CheckpointInfo`) in two tables, `PRETRAINED` (learned optimizers, keyed by
+the name `lo.pretrained` takes) and `NOWCASTERS` (the official NiNo / WNN+ files), looked up
+together through `WEIGHTS`; both share one search order, one offline switch and one
+download-verify-replace routine. `pretrained("celo")` returns `(lopt, theta)`;
+`nino.load_nowcaster("wnnp")` reads its file through `resolve_checkpoint` too.
+
+Where a file is looked for, in order:
 
 1. an explicit `path=` (a file or a checkpoint directory);
-2. `$LOPT_CHECKPOINT_DIR/<name>/<filename>`, or the file under the name it is distributed
+2. `$LOPT_CHECKPOINT_DIR/<home>/<filename>`, or the file under the name it is distributed
    as (e.g. `$LOPT_CHECKPOINT_DIR/celo/celo_theta.state`, see `CheckpointInfo.alt_paths`);
-3. the user cache `${XDG_CACHE_HOME:-~/.cache}/lopt/checkpoints/<name>/<filename>`
+   `<home>` is the entry's name for learned optimizers and `nino` for nowcasters;
+3. the user cache `${XDG_CACHE_HOME:-~/.cache}/lopt/checkpoints/<home>/<filename>`
    (`lopt pretrained add NAME FILE` puts a file there after checking it);
-4. package data `lopt/learned_opts/checkpoints/<name>/` (bundled with lopt);
+4. package data `lopt/learned_opts/checkpoints/<home>/` (bundled with lopt);
 5. a download of the official URL into the user cache, when online and unless
    `LOPT_OFFLINE=1`; the file is verified (sha256, or size where no hash is published) and
    moved into place atomically.
 
-Wherever a file comes from, when its checkpoint has a published sha256 (or size) the file
+Wherever a file comes from, when its entry has a published sha256 (or size) the file
 is verified, and a mismatch raises `CheckpointIntegrityError`: a corrupted download or a
 few flipped bytes would otherwise train silently to a different result. Your own
 meta-trained theta of the same architecture is not the published file: load it with
@@ -21,14 +28,21 @@ meta-trained theta of the same architecture is not the published file: load it w
 
 Offline, `CheckpointUnavailableError` says where to put the file.
 
+To register new published weights, add a `CheckpointInfo` row to `PRETRAINED` (a learned
+optimizer: `architecture` is a name from `registry.ARCHITECTURES`) or to `NOWCASTERS`
+(`kind="nowcaster"`, `home="nino"`, a `.pt` file in the reference format).
+
 Example:
-  >>> from lopt.learned_opts import PRETRAINED
+  >>> from lopt.learned_opts import PRETRAINED, weights
   >>> sorted(PRETRAINED)[:2]
   ['celo', 'celo-adam']
+  >>> [(ci.name, ci.kind) for ci in weights() if ci.name in ("celo", "wnnp")]
+  [('celo', 'optimizer'), ('wnnp', 'nowcaster')]
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import hashlib
 import importlib.resources
@@ -42,10 +56,10 @@ from typing import Any
 
 from lopt.learned_opts import checkpoint_io
 
-__all__ = ["CheckpointInfo", "PRETRAINED", "CheckpointUnavailableError",
-           "CheckpointIntegrityError", "pretrained", "resolve_checkpoint", "find_local",
-           "cache_dir", "bundled_dir", "info", "available", "add", "verify_file",
-           "verification_on"]
+__all__ = ["CheckpointInfo", "PRETRAINED", "NOWCASTERS", "WEIGHTS", "weights",
+           "CheckpointUnavailableError", "CheckpointIntegrityError", "pretrained",
+           "resolve_checkpoint", "find_local", "cache_dir", "bundled_dir", "info", "available",
+           "add", "verify_file", "verification_on", "offline"]
 
 DOWNLOAD_TIMEOUT_S = 15.0
 
@@ -60,7 +74,7 @@ class CheckpointIntegrityError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class CheckpointInfo:
-  """One known checkpoint. `filename` is "" when the checkpoint is a directory (orbax)."""
+  """One known set of weights. `filename` is "" when they are a directory (orbax)."""
 
   name: str
   architecture: str
@@ -73,6 +87,9 @@ class CheckpointInfo:
   licence: str
   description: str
   alt_paths: tuple[str, ...] = ()  # other places under a root, as the file is distributed
+  kind: str = "optimizer"          # "optimizer" (a theta) | "nowcaster"
+  home: str = ""                   # the folder under each root ("": `name`)
+  aliases: tuple[str, ...] = ()    # other names accepted by `info`
 
   def to_json(self) -> dict[str, Any]:
     return dataclasses.asdict(self)
@@ -96,7 +113,7 @@ PRETRAINED: dict[str, CheckpointInfo] = {
         description="Celo-Adam: Adam update with Celo's learned LSTM scheduler, 36,865 "
                     "meta-parameters.",
         alt_paths=("celo-adam/celo_adam_theta.state", "celo/celo_adam_theta.state",
-                   "celo_adam_theta.state")),
+                   "celo_adam_theta.state"), aliases=("celo_adam",)),
     "velo": CheckpointInfo(
         name="velo", architecture="velo",
         hparams={"lstm_hidden_size": 512, "param_inits": 256},
@@ -111,12 +128,14 @@ PRETRAINED: dict[str, CheckpointInfo] = {
         name="lopt-fc-v1", architecture="adafac_mlp", hparams={}, filename="", format="orbax",
         sha256=None, size=None, url=None, licence="Apache-2.0 (lopt)",
         description="lopt's own small per-parameter MLP optimizer, meta-trained with lopt "
-                    "(bundled when released; its lopt.json gives the architecture)."),
+                    "(bundled when released; its lopt.json gives the architecture).",
+        aliases=("lopt_fc_v1",)),
     "lopt-fc-v2": CheckpointInfo(
         name="lopt-fc-v2", architecture="adafac_mlp", hparams={}, filename="", format="orbax",
         sha256=None, size=None, url=None, licence="Apache-2.0 (lopt)",
         description="lopt-fc-v1 meta-trained 11,750 more outer steps with the same recipe "
-                    "(configs/lopt_fc_v2.py): lower training loss, bundled."),
+                    "(configs/lopt_fc_v2.py): lower training loss, bundled.",
+        aliases=("lopt_fc_v2",)),
     "lopt-v3": CheckpointInfo(
         name="lopt-v3", architecture="celo_adam", hparams={}, filename="", format="orbax",
         sha256=None, size=None, url=None,
@@ -125,20 +144,67 @@ PRETRAINED: dict[str, CheckpointInfo] = {
         description="Celo-Adam's learned scheduler warm-started from the official weights and "
                     "meta-trained by lopt for validation loss (outer_valid) on a broad, "
                     "held-out-disjoint task distribution (configs/lopt_v3.py); needs "
-                    "num_steps. Model card: learned_opts/checkpoints/lopt-v3/MODEL_CARD.md."),
+                    "num_steps. Model card: learned_opts/checkpoints/lopt-v3/MODEL_CARD.md.",
+        aliases=("lopt_v3",)),
 }
 
-_ALIASES = {"celo_adam": "celo-adam", "lopt_fc_v1": "lopt-fc-v1", "lopt_fc_v2": "lopt-fc-v2",
-            "lopt_v3": "lopt-v3"}
+_NINO_RAW = "https://github.com/SamsungSAILMontreal/nino/raw/main/checkpoints"
 
 
-def info(name: str) -> CheckpointInfo:
-  """The registry entry for `name` (`celo_adam` is accepted for `celo-adam`)."""
-  key = _ALIASES.get(name, name)
-  if key not in PRETRAINED:
-    raise KeyError(f"unknown pretrained checkpoint {name!r}; known: "
-                   f"{', '.join(sorted(PRETRAINED))}")
-  return PRETRAINED[key]
+def _official_nowcaster(name: str, filename: str, sha256: str, size: int, aliases: tuple,
+                        description: str) -> CheckpointInfo:
+  return CheckpointInfo(
+      name=name, architecture="nino" if name == "nino" else "wnn", hparams={},
+      filename=filename, format="torch", sha256=sha256, size=size,
+      url=f"{_NINO_RAW}/{filename}", licence="MIT (SamsungSAILMontreal/nino)",
+      description=description, kind="nowcaster", home="nino", aliases=aliases)
+
+
+NOWCASTERS: dict[str, CheckpointInfo] = {
+    "nino": _official_nowcaster(
+        "nino", "nino_no_posw.pt",
+        "2e2186e4a0e50193080eb9074648786ef25cd5ac3149a7df790127fe41101620", 2_215_116,
+        ("nino_no_posw",), "NiNo (Knyazev et al. 2025): the GNN nowcaster without token-id "
+        "embeddings."),
+    "wnnp": _official_nowcaster(
+        "wnnp", "nino_mlp.pt",
+        "34d9ff3703274fa07615e27937dac8ea07f375ed95b5bde6d39abd8c41c06f52", 233_551,
+        ("nino_mlp", "wnn", "wnn+"), "WNN+ (hidden 128): a per-parameter MLP nowcaster."),
+    "wnnp_h32": _official_nowcaster(
+        "wnnp_h32", "nino_mlp_h32.pt",
+        "389e4d51e79a72bb9d780812504c98146073cc2a96da38be3b72d8abe0b6fd7d", 24_580,
+        ("nino_mlp_h32", "wnn_h32"), "WNN+ (hidden 32)."),
+}
+
+# Every known entry, learned optimizers first; a live view, so a row added to either table
+# (or patched in a test) is seen everywhere.
+WEIGHTS = collections.ChainMap(PRETRAINED, NOWCASTERS)
+
+
+def weights(kind: str | None = None) -> list[CheckpointInfo]:
+  """Every known entry of both tables (or those of one `kind`), sorted by kind then name."""
+  return [ci for _, ci in sorted(((ci.kind != "optimizer", n), ci) for n, ci in WEIGHTS.items())
+          if kind is None or ci.kind == kind]
+
+
+def _canonical(name: str, kind: str | None) -> str | None:
+  for key, ci in WEIGHTS.items():
+    if (kind is None or ci.kind == kind) and (name == key or name in ci.aliases):
+      return key
+  return None
+
+
+def info(name: str, *, kind: str | None = None) -> CheckpointInfo:
+  """The entry for `name` or one of its aliases (`celo_adam` for `celo-adam`, `nino_mlp` for
+  `wnnp`); `kind` ("optimizer" | "nowcaster") restricts the search."""
+  key = _canonical(name, kind)
+  if key is None:
+    table = NOWCASTERS if kind == "nowcaster" else PRETRAINED if kind else WEIGHTS
+    what = "nowcaster" if kind == "nowcaster" else "pretrained checkpoint"
+    aliases = sorted(a for ci in table.values() for a in ci.aliases)
+    raise KeyError(f"unknown {what} {name!r}; known: {', '.join(sorted(table))}"
+                   + (f" (aliases {', '.join(aliases)})" if kind == "nowcaster" else ""))
+  return WEIGHTS[key]
 
 
 def cache_dir() -> pathlib.Path:
@@ -153,7 +219,13 @@ def bundled_dir() -> pathlib.Path:
 
 
 def _target(root: pathlib.Path, ci: CheckpointInfo) -> pathlib.Path:
-  return root / ci.name / ci.filename if ci.filename else root / ci.name
+  home = root / (ci.home or ci.name)
+  return home / ci.filename if ci.filename else home
+
+
+def offline() -> bool:
+  """Whether `$LOPT_OFFLINE` forbids downloads."""
+  return os.environ.get("LOPT_OFFLINE", "").lower() not in ("", "0", "false", "no")
 
 
 def _present(path: pathlib.Path, ci: CheckpointInfo) -> bool:
@@ -204,9 +276,9 @@ def _search_roots() -> list[tuple[str, pathlib.Path]]:
   return roots
 
 
-def find_local(name: str) -> tuple[str, pathlib.Path] | None:
+def find_local(name: str, *, kind: str | None = None) -> tuple[str, pathlib.Path] | None:
   """`(where, path)` of the first local copy of `name` (no download, no hash check)."""
-  ci = info(name)
+  ci = info(name, kind=kind)
   for where, root in _search_roots():
     for path in [_target(root, ci)] + [root / alt for alt in ci.alt_paths]:
       if _present(path, ci):
@@ -214,8 +286,8 @@ def find_local(name: str) -> tuple[str, pathlib.Path] | None:
   return None
 
 
-def available(name: str) -> bool:
-  return find_local(name) is not None
+def available(name: str, *, kind: str | None = None) -> bool:
+  return find_local(name, kind=kind) is not None
 
 
 def _where_to_put(ci: CheckpointInfo) -> str:
@@ -224,7 +296,7 @@ def _where_to_put(ci: CheckpointInfo) -> str:
   if env:
     places.insert(0, str(_target(pathlib.Path(env), ci)))
   else:
-    places.append(f"$LOPT_CHECKPOINT_DIR/{ci.name}/{ci.filename}".rstrip("/"))
+    places.append(f"$LOPT_CHECKPOINT_DIR/{ci.home or ci.name}/{ci.filename}".rstrip("/"))
   return " or ".join(places)
 
 
@@ -244,13 +316,14 @@ def _download(ci: CheckpointInfo, dest: pathlib.Path) -> pathlib.Path:
   return dest
 
 
-def add(name: str, file: str | os.PathLike) -> pathlib.Path:
-  """Copies an official checkpoint file into the user cache after checking its hash.
+def add(name: str, file: str | os.PathLike, *, kind: str | None = None) -> pathlib.Path:
+  """Copies an official weights file into the user cache after checking its hash.
 
   Example: `add("celo", "../shared/pretrained/celo/celo_theta.state")`; from then on
-  `pretrained("celo")` finds it offline. Raises CheckpointIntegrityError on a mismatch.
+  `pretrained("celo")` finds it offline (likewise `add("wnnp", "nino_mlp.pt")` for
+  `load_nowcaster("wnnp")`). Raises CheckpointIntegrityError on a mismatch.
   """
-  ci = info(name)
+  ci = info(name, kind=kind)
   src = pathlib.Path(file).expanduser()
   if ci.format == "orbax" or not src.is_file():
     raise FileNotFoundError(f"{src}: not a file" if ci.format != "orbax" else
@@ -276,7 +349,8 @@ _OWN_FILE_HINT = (" (if this is your own theta for this architecture, pass --no-
 
 
 def resolve_checkpoint(name: str, path: str | os.PathLike | None = None, *,
-                       download: bool = True, verify: bool | None = None) -> pathlib.Path:
+                       download: bool = True, verify: bool | None = None,
+                       kind: str | None = None) -> pathlib.Path:
   """The local path of checkpoint `name`, downloading it if needed (see the module doc).
 
   Raises:
@@ -285,14 +359,17 @@ def resolve_checkpoint(name: str, path: str | os.PathLike | None = None, *,
     CheckpointUnavailableError: not found locally and no download possible; the message
       gives the URL and the exact paths to put the file at.
   """
-  ci = info(name)
+  ci = info(name, kind=kind)
   check = verification_on(verify)
   if path is not None:
     path = pathlib.Path(path).expanduser()
-    if not path.exists():
-      raise FileNotFoundError(f"{path}: no such file or directory (checkpoint {ci.name!r})")
-    if path.is_dir() and ci.filename and (path / ci.filename).is_file():
+    # A nowcaster is only ever a file, so a directory means "the file inside it".
+    if path.is_dir() and ci.filename and (ci.kind == "nowcaster"
+                                          or (path / ci.filename).is_file()):
       path = path / ci.filename
+    if not path.exists():
+      raise FileNotFoundError(f"{path}: no such file or directory ({ci.kind} {ci.name!r} is "
+                              f"{ci.filename or 'a directory'})")
     if check:
       verify_file(path, ci, hint=_OWN_FILE_HINT)
     return path
@@ -301,13 +378,12 @@ def resolve_checkpoint(name: str, path: str | os.PathLike | None = None, *,
     if check:
       verify_file(found[1], ci, hint=_OWN_FILE_HINT)
     return found[1]
-  offline = os.environ.get("LOPT_OFFLINE", "").lower() not in ("", "0", "false", "no")
   if ci.url is None:
     raise CheckpointUnavailableError(
         f"checkpoint {ci.name!r} is not on this machine and has no download URL (it is "
         f"bundled with lopt releases that include it). Put it at {_where_to_put(ci)}")
-  if not download or offline:
-    why = "LOPT_OFFLINE is set" if offline else "download=False"
+  if not download or offline():
+    why = "LOPT_OFFLINE is set" if offline() else "download=False"
     raise CheckpointUnavailableError(
         f"checkpoint {ci.name!r} is not on this machine and {why}. Download {ci.url} and "
         f"put it at {_where_to_put(ci)}")
@@ -328,7 +404,7 @@ def pretrained(name: str, *, path: str | os.PathLike | None = None, download: bo
   architecture and hparams come from the checkpoint's `lopt.json`.
   """
   from lopt.learned_opts import registry
-  ci = info(name)
+  ci = info(name, kind="optimizer")
   file = resolve_checkpoint(ci.name, path, download=download, verify=verify)
   if file.is_dir() and (file / checkpoint_io.LOPT_JSON).exists():
     return checkpoint_io.load_optimizer(file)
