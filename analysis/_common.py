@@ -10,7 +10,7 @@ from typing import Any, Callable
 import numpy as np
 import optax
 
-from lopt import optimizers, runs
+from lopt import optimizers, rundir
 from lopt.optimizers import OptimizerInfo, make_optimizer
 
 MakeTx = Callable[[Any], optax.GradientTransformation]

@@ -15,7 +15,7 @@ import numpy as np
 import optax
 import pytest
 
-from lopt import meta, runs
+from lopt import meta, rundir
 from lopt.meta import testing
 from lopt.meta._config import apply_overrides, build_trainer, load_config, ConfigError
 
@@ -111,7 +111,7 @@ def test_config_overrides_and_errors(tmp_path):
   assert cfg["outer"]["learning_rate"] == 0.5 and cfg["families"][0]["num_tasks"] == 4
   with pytest.raises(ConfigError, match="key=value"):
     apply_overrides(cfg, ["oops"])
-  with pytest.raises(ConfigError, match="does not exist"):
+  with pytest.raises(ConfigError, match="not a file, and not a shipped config"):
     load_config(tmp_path / "missing.py")
   bad = apply_overrides(load_config(REPO / "configs" / "meta_quadratic.py"),
                         ["estimator.name=nope"])

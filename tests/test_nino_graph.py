@@ -154,7 +154,7 @@ def test_round_trip_exact(make, arch):
 def test_errors_are_clear():
   with pytest.raises(ValueError, match="previous layer has"):
     nino.build_graph({"a_0": {"w": np.zeros((3, 4))}, "a_1": {"w": np.zeros((5, 2))}})
-  with pytest.raises(ValueError, match="pass arch= explicitly"):
+  with pytest.raises(ValueError, match="pass arch="):
     nino.build_graph(_gpt2())
   g = nino.build_graph(_mlp())
   with pytest.raises(ValueError, match="differs from the graph"):

@@ -13,7 +13,7 @@ import numpy as np
 import optax
 import pytest
 
-from lopt import optimizers, runs
+from lopt import optimizers, rundir
 from lopt.tasks.base import Task, register_task
 from lopt.optimizers import make_optimizer
 from lopt.training import train
