@@ -132,3 +132,14 @@ def test_benchmark_refuses_a_corrupted_checkpoint(celo_file, isolated, capsys, m
                  "--tuning-dir", "t", "--no-progress", "--no-plots"])
   err = capsys.readouterr().err
   assert rc == 2 and "sha256" in err and "Traceback" not in err
+
+
+def test_pretrained_add_an_official_nowcaster(shared_dir, isolated, capsys):
+  from lopt.learned_opts.nino import nowcaster
+  src = shared_dir / "pretrained" / "nino" / "nino_mlp_h32.pt"
+  if not src.is_file():
+    pytest.skip("official NiNo files not in ../shared")
+  assert cli.main(["pretrained", "add", "wnnp_h32", str(src)]) == 0
+  installed = json.loads(capsys.readouterr().out)["installed"]
+  assert installed.endswith("nino_mlp_h32.pt")
+  assert str(nowcaster.resolve_official("wnnp_h32")) == installed  # found offline, verified
