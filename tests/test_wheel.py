@@ -75,7 +75,10 @@ def installed(tmp_path_factory):
   cwd = root / "elsewhere"
   cwd.mkdir()
   env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "LOPT_CHECKPOINT_DIR")}
-  env.update(LOPT_OFFLINE="1", PATH=f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}")
+  tmp = root / "tmp"  # the commands' temp folder: must be empty again at the end
+  tmp.mkdir()
+  env.update(LOPT_OFFLINE="1", PATH=f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}",
+             TMPDIR=str(tmp))
 
   def run(*argv, timeout=600):
     r = subprocess.run(list(argv), cwd=cwd, env=env, capture_output=True, text=True,
@@ -131,3 +134,22 @@ def test_bundled_weights_and_nowcasters_come_with_the_wheel(installed):
   for name in ("lopt-v3", "lopt-fc-v2", "wnnp_lopt", "nino_lopt"):
     line = next(ln for ln in table.splitlines() if ln.startswith(name + " "))
     assert f"bundled: {venv}" in line, line
+
+
+def test_train_writes_a_run_folder(installed):
+  run, cwd, _ = installed
+  r = run("lopt", "train", "--task", "digits-mlp-32", "--optimizer", "lopt-v3", "--steps", "20",
+          "--eval-every", "10", "--out", "run", "--no-progress")
+  assert json.loads(r.stdout)["steps"] == 20  # stdout is the result line only
+  provenance = json.loads((cwd / "run" / "run.json").read_text())["provenance"]
+  assert provenance["lopt"] == "0.1.0" and provenance["command"].startswith("lopt train")
+  assert "resuming from step 20" in run("lopt", "train", "--task", "digits-mlp-32",
+                                        "--optimizer", "lopt-v3", "--steps", "20",
+                                        "--eval-every", "10", "--out", "run",
+                                        "--no-progress").stderr
+
+
+def test_no_temporary_folders_left(installed):
+  """Runs last: every command above used this TMPDIR."""
+  _, cwd, _ = installed
+  assert list((cwd.parent / "tmp").iterdir()) == []
