@@ -70,7 +70,8 @@ def _floats(text: str | None, what: str) -> list[float] | None:
 
 
 def run(args: argparse.Namespace) -> int:
-  from lopt.cli import UsageError
+  from lopt.cli import UsageError, _io, check_output_dir
+  check_output_dir(args.out)
   if args.steps <= 0 or args.seeds <= 0:
     raise UsageError(f"--steps and --seeds must be positive, got {args.steps} and {args.seeds}")
   if args.analysis == "variance" and args.seeds < 2:
@@ -136,6 +137,6 @@ def run(args: argparse.Namespace) -> int:
                               results[0] if len(results) == 1 else {"results": results})
   text = "\n".join(sections)
   (out / f"{kind}.md").write_text(text)
-  print(text)
-  print(f"wrote {out / (kind + '.json')}, {kind}*.png and {kind}.md")
+  _io.out(text)
+  _io.out(f"wrote {out / (kind + '.json')}, {kind}*.png and {kind}.md")
   return 0

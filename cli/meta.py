@@ -78,7 +78,8 @@ def _main(args: argparse.Namespace) -> int:
 
 
 def _select(args: argparse.Namespace) -> int:
-  from lopt.cli import UsageError
+  from lopt.cli import UsageError, check_output_dir
+  check_output_dir(args.out)
   from lopt.meta import selection
   from lopt.meta import ConfigError, load_config
   try:
@@ -115,8 +116,8 @@ def _select(args: argparse.Namespace) -> int:
                  for t, row in earlier["reference"].items()}   # JSON wrote inf as null
   result = selection.select(candidates, tasks, seeds=args.seeds, out=args.out,
                             reference=reference)
-  print((pathlib.Path(args.out) / "selection.md").read_text(), end="")
-  print(f"chosen: {result['chosen']}")
+  out((pathlib.Path(args.out) / "selection.md").read_text().rstrip("\n"))
+  out(f"chosen: {result['chosen']}")
   return 0
 
 

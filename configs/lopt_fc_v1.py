@@ -1,7 +1,7 @@
 """lopt-fc-v1: small_fc_lopt (`adafac_mlp`) meta-trained with PES on the image tasks of the
 suite's `train` split, with task augmentation (CPU, about 50 minutes on 2 shared cores).
 
-  timeout 3000 lopt meta-train --config configs/lopt_fc_v1.py --workdir runs/lopt_fc_v1
+  timeout 3000 lopt meta-train --config lopt_fc_v1 --workdir runs/lopt_fc_v1
 
 Why small_fc_lopt: it is the cheapest learned optimizer per inner step here (a 39->4->4->2
 per-parameter MLP), its theta is ~1 KB, and time enters only through absolute-step

@@ -1,6 +1,6 @@
 """lopt-fc-v2: `lopt-fc-v1` meta-trained further with the same recipe (CPU, one hour).
 
-  timeout 3600 lopt meta-train --config configs/lopt_fc_v2.py --workdir runs/lopt_fc_v2
+  timeout 3600 lopt meta-train --config lopt_fc_v2 --workdir runs/lopt_fc_v2
 
 (The shipped run used `configs/lopt_fc_v1.py --set theta_init=learned_opts/checkpoints/lopt-fc-v1
 --set num_steps=20000`, the same settings under the v1 name.)

@@ -1,9 +1,9 @@
 """lopt-v3: Celo-Adam's learned scheduler, warm-started from the official weights (MIT),
 meta-trained for *validation* performance on a broad, held-out-disjoint task distribution.
 
-  lopt meta-train --config configs/lopt_v3.py --workdir runs/lopt_v3            # a new run
+  lopt meta-train --config lopt_v3 --workdir runs/lopt_v3            # a new run
   mkdir -p runs/lopt_v3 && cp meta_runs/lopt_v3/* runs/lopt_v3/                 # or continue
-  lopt meta-train --config configs/lopt_v3.py --workdir runs/lopt_v3 --resume   # the shipped run
+  lopt meta-train --config lopt_v3 --workdir runs/lopt_v3 --resume   # the shipped run
 
 (from the repository root, with the official weights at `../shared/pretrained/celo/`).
 

@@ -1,6 +1,6 @@
 """Meta-train Adam's log learning rate on random quadratics with PES (no data; seconds).
 
-  lopt meta-train --config configs/meta_quadratic.py --workdir runs/meta_quadratic
+  lopt meta-train --config meta_quadratic --workdir runs/meta_quadratic
 """
 
 

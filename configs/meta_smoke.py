@@ -3,7 +3,7 @@
 Starts from a too-small learning rate (1e-4); a few outer steps raise it and lower the
 meta-loss. Seconds on a laptop CPU (compile included):
 
-  lopt meta-train --config configs/meta_smoke.py --workdir runs/meta_smoke
+  lopt meta-train --config meta_smoke --workdir runs/meta_smoke
 """
 
 

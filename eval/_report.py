@@ -218,8 +218,11 @@ def write_plots(folder: pathlib.Path, results: dict) -> dict[str, str]:
                       (ax2, "validation loss")):
       ax.set_yscale("log")
       ax.set_xlabel("step")
+      ax.set_ylabel("loss")
       ax.set_title(title, fontsize=9)
     ax1.legend(fontsize=7)
+    if ax2.get_legend_handles_labels()[0]:  # the validation target
+      ax2.legend(fontsize=7)
     fig.suptitle(task, fontsize=10)
     fig.tight_layout()
     name = f"loss_{_slug(task)}.png"

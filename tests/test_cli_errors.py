@@ -89,8 +89,33 @@ BAD = [
     ["nowcast", "fit", "--data", "DIR", "--out", "o", "--config", "nope"],
     ["nowcast", "fit", "--data", "DIR", "--out", "o", "--set", "steps=abc"],
     ["nowcast", "fit", "--data", "DIR", "--out", "o"],
-    # demo, bench
-    ["demo", "--out", "FILE"], ["bench", "nope"],
+    # analyze
+    ["analyze"], ["analyze", "variance"],
+    ["analyze", "variance", "--task", "nope", "--out", "o"],
+    ["analyze", "variance", "--task", "digits-mlp-32", "--out", "o", "--seeds", "1"],
+    ["analyze", "variance", "--task", "digits-mlp-32", "--out", "o", "--steps", "0"],
+    ["analyze", "variance", "--task", "digits-mlp-32", "--out", "FILE"],
+    ["analyze", "batch-size", "--task", "digits-mlp-32", "--out", "o", "--batch-sizes", "a,b"],
+    ["analyze", "schedules", "--task", "digits-mlp-32", "--out", "o", "--budgets", "x"],
+    ["analyze", "trajectory", "--task", "digits-mlp-32", "--out", "o", "--optimizer", "nope"],
+    # meta-select
+    ["meta-select"],
+    ["meta-select", "--config", "nope", "--candidate", "a=lopt-fc-v2", "--out", "o"],
+    ["meta-select", "--config", "meta_smoke", "--candidate", "a=lopt-fc-v2", "--out", "o"],
+    ["meta-select", "--config", "lopt_v3", "--candidate", "bad", "--out", "o"],
+    ["meta-select", "--config", "lopt_v3", "--candidate", "a=missing_dir", "--out", "o"],
+    ["meta-select", "--config", "lopt_v3", "--candidate", "a=lopt-fc-v2", "--seeds", "0",
+     "--out", "o"],
+    ["meta-select", "--config", "lopt_v3", "--candidate", "a=lopt-fc-v2", "--reference",
+     "missing.json", "--out", "o"],
+    ["meta-select", "--config", "lopt_v3", "--candidate", "a=lopt-fc-v2", "--out", "FILE"],
+    # demo, bench, pretrained add
+    ["demo", "--out", "FILE"], ["demo", "--steps", "0", "--out", "o"],
+    ["demo", "--budget-scale", "-1", "--out", "o"], ["demo", "--lr-grid", "abc", "--out", "o"],
+    ["demo", "--seeds", "0", "--out", "o"],
+    ["bench", "nope"], ["bench", "--bogus"],
+    ["pretrained", "add", "nino", "FILE"], ["pretrained", "add", "celo", "DIR"],
+    ["pretrained", "list", "--bogus"],
 ]
 
 
@@ -115,7 +140,7 @@ def test_the_table_is_large_and_covers_every_subcommand():
   assert len(BAD) >= 50
   commands = {argv[0] for argv in BAD if argv}
   assert commands >= {"train", "tasks", "datasets", "pretrained", "benchmark", "meta-train",
-                      "nowcast", "demo", "bench"}
+                      "nowcast", "demo", "bench", "analyze", "meta-select"}
 
 
 @pytest.mark.parametrize("argv", BAD, ids=[" ".join(a) or "(none)" for a in BAD])

@@ -81,3 +81,12 @@ def test_broken_pipe_is_quiet():
   p = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, timeout=120)
   assert json.loads(p.stdout)["name"]
   assert "Traceback" not in p.stderr and "BrokenPipe" not in p.stderr, p.stderr
+
+
+def test_analyze_prints_its_markdown_on_stdout(tmp_path, capsys, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  assert cli.main(["analyze", "variance", "--task", "digits-mlp-32", "--seeds", "2",
+                   "--steps", "20", "--optimizer", "adam", "--out", "an"]) == 0
+  out = capsys.readouterr().out
+  assert out.startswith((tmp_path / "an" / "variance.md").read_text().splitlines()[0])
+  assert out.rstrip().endswith("variance.md")

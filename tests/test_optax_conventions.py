@@ -5,6 +5,8 @@ name) next to `loss=`, a clear error for a non-scalar loss, and states that orba
 from __future__ import annotations
 
 import functools
+import os
+import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -14,6 +16,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 import lopt.learned_opts as lo
+from lopt import optimizers
 from lopt.learned_opts import nino, registry
 
 SMALL = {
@@ -129,3 +132,39 @@ def test_optax_scale_scales_the_step():
   h, _ = half.update(_grads(), half.init(params), params, loss=jnp.float32(1.0))
   for a, b in zip(jax.tree.leaves(u), jax.tree.leaves(h)):
     np.testing.assert_allclose(np.asarray(b), 0.5 * np.asarray(a), rtol=1e-6)
+
+
+_RESOLVED = sorted(optimizers.known_names()) + [  # graph nowcasters compile for ~10 s each
+    pytest.param(s, marks=pytest.mark.slow)
+    for s in ("adam+wnnp_lopt", "adam+nino_lopt", "lopt-fc-v2+wnnp_lopt", "adam+nino")]
+
+
+@pytest.mark.parametrize("spec", _RESOLVED)
+def test_every_optimizer_name_saves_and_restores_with_orbax(spec, tmp_path, monkeypatch):
+  """The optimizers as a user gets them by name (baselines, pretrained learned optimizers at
+  full size, base+nowcaster wrappers), on a two-layer tree the nowcasters accept."""
+  shared = pathlib.Path(os.environ.get("LOPT_SHARED_DIR",
+                                       pathlib.Path(__file__).resolve().parents[2] / "shared"))
+  if (shared / "pretrained").is_dir():
+    monkeypatch.setenv("LOPT_CHECKPOINT_DIR", str(shared / "pretrained"))
+  monkeypatch.setenv("LOPT_OFFLINE", "1")
+  try:
+    opt, _ = optimizers.make_optimizer(spec, num_steps=50)
+  except Exception as e:  # official weights that are not on this machine
+    if type(e).__name__ == "CheckpointUnavailableError":
+      pytest.skip(f"{spec}: weights not on this machine")
+    raise
+  params = {"l1": {"w": jnp.full((4, 3), 0.2), "b": jnp.zeros((3,))},
+            "l2": {"w": jnp.full((3, 2), 0.1), "b": jnp.zeros((2,))}}
+  grads = jax.tree.map(lambda p: jnp.full_like(p, 0.1), params)
+  state = opt.init(params)
+  for _ in range(3):
+    updates, state = opt.update(grads, state, params, value=jnp.float32(1.0))
+    params = optax.apply_updates(params, updates)
+  with ocp.StandardCheckpointer() as ckpt:
+    ckpt.save(tmp_path / "s", state)
+    ckpt.wait_until_finished()
+    restored = ckpt.restore(tmp_path / "s", jax.tree.map(jnp.zeros_like, state))
+  assert jax.tree.structure(restored) == jax.tree.structure(state)
+  for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(state)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

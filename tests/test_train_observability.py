@@ -73,3 +73,22 @@ def test_cli_tensorboard_and_resume_line(tmp_path, capsys, monkeypatch):
   assert json.loads(first.out)["steps"] == 6
   assert cli.main(argv) == 0
   assert "resuming from step 6" in capsys.readouterr().err
+
+
+def test_benchmark_loss_plot_has_the_target_in_its_legend(tmp_path, monkeypatch):
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.figure
+  from lopt import eval as E
+  legends = []
+  real_savefig = matplotlib.figure.Figure.savefig
+
+  def spy(fig, *a, **k):
+    legends.append([[t.get_text() for t in ax.get_legend().get_texts()]
+                    if ax.get_legend() else [] for ax in fig.axes])
+    return real_savefig(fig, *a, **k)
+  monkeypatch.setattr(matplotlib.figure.Figure, "savefig", spy)
+  E.run_benchmark(tasks=["digits-mlp-32"], optimizers="adam", seeds=1, num_steps=20,
+                  lr_grid=[0.01], out=tmp_path / "b", tuning_dir=tmp_path / "t",
+                  compile_cache=False, progress=False)
+  assert any("target" in labels for fig in legends for labels in fig), legends

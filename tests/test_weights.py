@@ -108,3 +108,38 @@ def test_official_nowcaster_is_verified(shared_dir, isolated):
     f.write(b"\0" * 64)
   with pytest.raises(lo.CheckpointIntegrityError):
     nowcaster.resolve_official("wnnp_h32", path=bad)
+
+
+def test_corrupted_file_in_the_user_cache_is_refused(celo_file, isolated, capsys, monkeypatch):
+  """The third place a file comes from: the cache (`pretrained add`, or a copy put there)."""
+  monkeypatch.chdir(isolated)
+  (pt.cache_dir() / "celo").mkdir(parents=True)
+  _corrupt(celo_file, pt.cache_dir() / "celo" / "theta.state")
+  with pytest.raises(lo.CheckpointIntegrityError):
+    pt.resolve_checkpoint("celo")
+  argv = ["train", "--task", "digits-mlp-32", "--steps", "2", "--no-progress",
+          "--optimizer", "celo"]
+  assert cli.main(argv) == 2
+  assert "sha256" in capsys.readouterr().err
+  assert cli.main(argv + ["--no-verify"]) == 0
+
+
+def test_benchmark_refuses_a_corrupted_checkpoint(celo_file, isolated, capsys, monkeypatch):
+  monkeypatch.chdir(isolated)
+  bad = _corrupt(celo_file, isolated / "bad.state")
+  rc = cli.main(["benchmark", "--tasks", "digits-mlp-32", "--optimizers", f"celo:path={bad}",
+                 "--seeds", "1", "--steps", "10", "--lr-grid", "0.01", "--out", "b",
+                 "--tuning-dir", "t", "--no-progress", "--no-plots"])
+  err = capsys.readouterr().err
+  assert rc == 2 and "sha256" in err and "Traceback" not in err
+
+
+def test_pretrained_add_an_official_nowcaster(shared_dir, isolated, capsys):
+  from lopt.learned_opts.nino import nowcaster
+  src = shared_dir / "pretrained" / "nino" / "nino_mlp_h32.pt"
+  if not src.is_file():
+    pytest.skip("official NiNo files not in ../shared")
+  assert cli.main(["pretrained", "add", "wnnp_h32", str(src)]) == 0
+  installed = json.loads(capsys.readouterr().out)["installed"]
+  assert installed.endswith("nino_mlp_h32.pt")
+  assert str(nowcaster.resolve_official("wnnp_h32")) == installed  # found offline, verified
