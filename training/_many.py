@@ -90,17 +90,16 @@ def train_many(task: Task, optimizers: Sequence[optax.GradientTransformation], n
     raise ValueError(f"num_steps must be a positive integer, got {num_steps!r}")
   eval_every = min(int(eval_every or max(1, math.ceil(num_steps / 20))), num_steps)
   txs = [optax.with_extra_args_support(t) for t in optimizers]
-  params, states, data_keys, eval_keys = [], [], [], []
-  for tx, seed in zip(txs, seeds):
-    init_key, data_key, eval_key = jax.random.split(jax.random.PRNGKey(seed), 3)
-    p = _init(task, init_key)
-    params.append(p)
-    states.append(tx.init(p))
-    data_keys.append(data_key)
-    eval_keys.append(eval_key)
-  carry = _Carry(_stack(params), _stack(states), jnp.zeros([n], jnp.int32),
-                 -jnp.ones([n], jnp.int32))
-  data_keys, eval_keys = jnp.stack(data_keys), jnp.stack(eval_keys)
+  keys = [jax.random.split(jax.random.PRNGKey(s), 3) for s in seeds]
+  params = [_init(task, k[0]) for k in keys]
+
+  @jax.jit
+  def stack_and_init(params):  # one program instead of hundreds of eager dispatches
+    return _stack(params), _stack([tx.init(p) for tx, p in zip(txs, params)])
+
+  stacked, states = stack_and_init(params)
+  carry = _Carry(stacked, states, jnp.zeros([n], jnp.int32), -jnp.ones([n], jnp.int32))
+  data_keys, eval_keys = jnp.stack([k[1] for k in keys]), jnp.stack([k[2] for k in keys])
 
   chunk = _make_chunk(txs[0], None)
   block = (_CPU_CONV_BLOCK
