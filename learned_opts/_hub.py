@@ -49,12 +49,13 @@ import importlib.resources
 import os
 import pathlib
 import shutil
-import tempfile
 import urllib.error
 import urllib.request
 from typing import Any
 
 from lopt.learned_opts import checkpoint_io
+from lopt import rundir
+from lopt.rundir import settings
 
 __all__ = ["CheckpointInfo", "PRETRAINED", "NOWCASTERS", "WEIGHTS", "weights",
            "CheckpointUnavailableError", "CheckpointIntegrityError", "pretrained",
@@ -225,7 +226,7 @@ def _target(root: pathlib.Path, ci: CheckpointInfo) -> pathlib.Path:
 
 def offline() -> bool:
   """Whether `$LOPT_OFFLINE` forbids downloads."""
-  return os.environ.get("LOPT_OFFLINE", "").lower() not in ("", "0", "false", "no")
+  return settings.offline()
 
 
 def _present(path: pathlib.Path, ci: CheckpointInfo) -> bool:
@@ -244,9 +245,7 @@ def _sha256(path: pathlib.Path) -> str:
 
 def verification_on(verify: bool | None = None) -> bool:
   """`verify`, or (None) on unless `$LOPT_NO_VERIFY` is set (what `--no-verify` sets)."""
-  if verify is not None:
-    return bool(verify)
-  return os.environ.get("LOPT_NO_VERIFY", "").lower() in ("", "0", "false", "no")
+  return settings.verify_weights(verify)
 
 
 def verify_file(path: pathlib.Path, ci: CheckpointInfo, *, hint: str = "") -> None:
@@ -268,9 +267,9 @@ def verify_file(path: pathlib.Path, ci: CheckpointInfo, *, hint: str = "") -> No
 
 def _search_roots() -> list[tuple[str, pathlib.Path]]:
   roots = []
-  env = os.environ.get("LOPT_CHECKPOINT_DIR")
-  if env:
-    roots.append(("$LOPT_CHECKPOINT_DIR", pathlib.Path(env)))
+  env = settings.checkpoint_dir()
+  if env is not None:
+    roots.append(("$LOPT_CHECKPOINT_DIR", env))
   roots.append(("user cache", cache_dir()))
   roots.append(("bundled", bundled_dir()))
   return roots
@@ -291,28 +290,21 @@ def available(name: str, *, kind: str | None = None) -> bool:
 
 
 def _where_to_put(ci: CheckpointInfo) -> str:
-  env = os.environ.get("LOPT_CHECKPOINT_DIR")
+  env = settings.checkpoint_dir()
   places = [str(_target(cache_dir(), ci))]
-  if env:
-    places.insert(0, str(_target(pathlib.Path(env), ci)))
+  if env is not None:
+    places.insert(0, str(_target(env, ci)))
   else:
     places.append(f"$LOPT_CHECKPOINT_DIR/{ci.home or ci.name}/{ci.filename}".rstrip("/"))
   return " or ".join(places)
 
 
 def _download(ci: CheckpointInfo, dest: pathlib.Path) -> pathlib.Path:
-  dest.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
-  try:
-    with os.fdopen(fd, "wb") as out, urllib.request.urlopen(
+  with rundir.atomic_path(dest) as tmp:  # verified before it takes the final name
+    with open(tmp, "wb") as out, urllib.request.urlopen(
         ci.url, timeout=DOWNLOAD_TIMEOUT_S) as resp:
       shutil.copyfileobj(resp, out, 1 << 20)
-    verify_file(pathlib.Path(tmp), ci)
-    os.replace(tmp, dest)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
+    verify_file(tmp, ci)
   return dest
 
 
@@ -332,15 +324,8 @@ def add(name: str, file: str | os.PathLike, *, kind: str | None = None) -> pathl
     raise CheckpointIntegrityError(f"{ci.name!r} has no published hash or size to check")
   verify_file(src, ci)
   dest = _target(cache_dir(), ci)
-  dest.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
-  os.close(fd)
-  try:
+  with rundir.atomic_path(dest) as tmp:
     shutil.copyfile(src, tmp)
-    os.replace(tmp, dest)
-  finally:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
   return dest
 
 
