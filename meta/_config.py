@@ -29,6 +29,7 @@ import importlib.util
 import pathlib
 from typing import Any, Callable
 
+from lopt.learned_opts import PRETRAINED, load_theta, pretrained, registry
 from lopt.meta import _estimators as est_lib
 from lopt.meta._schedules import get_schedule
 from lopt.meta._train import MetaTrainer, outer_optimizer
@@ -149,7 +150,6 @@ def build_lopt(spec: dict) -> Any:
     if name[8:] not in table:
       raise ConfigError(f"unknown testing optimizer {name!r}; known: testing:loglr_adam")
     return table[name[8:]](**hparams)
-  from lopt.learned_opts import registry
   try:
     return registry.get(name, **hparams)
   except registry.UnknownOptimizerError as e:
@@ -205,7 +205,6 @@ def _theta0(cfg: dict, lopt: Any) -> Any:
   path = cfg.get("theta_init")
   if not path:
     return None
-  from lopt.learned_opts import PRETRAINED, load_theta, pretrained
   if not pathlib.Path(path).exists() and str(path) in PRETRAINED:
     got, theta = pretrained(str(path))
     if got != lopt:

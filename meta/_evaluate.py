@@ -11,13 +11,14 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from lopt.tasks import get_task
+from lopt.training import train
+
 __all__ = ["make_eval_fn"]
 
 
 def make_eval_fn(lopt: Any, task_names: Sequence[str], *, num_steps: int = 200,
                  seeds: int = 1) -> Callable[[Any], dict[str, float]]:
-  from lopt.tasks import get_task
-  from lopt.training import train
   tasks = [get_task(n) for n in task_names]
 
   def evaluate(theta: Any) -> dict[str, float]:

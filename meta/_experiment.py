@@ -16,6 +16,7 @@ from typing import Any
 import jax
 
 from lopt import rundir
+from lopt.learned_opts import UnknownOptimizerError, save_theta, save_theta_msgpack
 from lopt.meta._config import ConfigError, build_eval_fn, build_trainer
 from lopt.meta._checkpoint import SMALL_STATE, save_small
 from lopt.meta._train import run
@@ -70,7 +71,6 @@ def meta_train(cfg: dict, workdir: str | pathlib.Path, *, progress: bool = True,
   step = int(to_host(state.step))
   summary = {"step": step, "skipped": int(to_host(state.skipped)), "workdir": str(workdir)}
   if jax.process_index() == 0 and step >= int(cfg["num_steps"]):
-    from lopt.learned_opts import UnknownOptimizerError, save_theta, save_theta_msgpack
     try:
       save_theta(workdir / "theta", trainer.lopt, theta, overwrite=True,
                  extra_meta={"outer_step": step, "config": cfg.get("name", "")})
@@ -101,7 +101,6 @@ def export_theta(workdir: str | pathlib.Path, out: str | pathlib.Path, *,
 
   Useful when a run was stopped before `num_steps` (e.g. by a time limit).
   """
-  from lopt.learned_opts import save_theta
   cfg, trainer, state = _restore(pathlib.Path(workdir), step)
   return save_theta(out, trainer.lopt, state.theta, overwrite=True,
                     extra_meta={"outer_step": int(state.step), "config": cfg.get("name", ""),

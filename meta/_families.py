@@ -16,6 +16,9 @@ from typing import Any
 
 import jax.numpy as jnp
 
+from lopt import tasks
+from lopt.tasks import augment as aug_lib
+from lopt.tasks import distribution, families, get_task
 from lopt.tasks.base import Task, TaskFamily, register_task
 
 __all__ = ["SingleTaskFamily", "resolve_family", "distribution_family", "augment",
@@ -51,19 +54,16 @@ def resolve_family(name: str, **kwargs: Any) -> TaskFamily:
       raise ValueError(f"unknown testing family {name!r}; known: testing:quadratic")
     return table[name[8:]](**kwargs)
   if name.startswith("task:"):
-    from lopt.tasks import get_task
     task = get_task(name[5:], **kwargs)
     return SingleTaskFamily(inner=task, name=getattr(task, "name", name[5:]))
   if name.startswith("suite:"):
     # A suite task turned into a family: sampled init scale and (classifiers) label order.
-    from lopt.tasks import families, get_task
     task = get_task(name[6:])
     lo, hi = kwargs.pop("init_scale_range", (0.5, 2.0))
     permute = kwargs.pop("permute_labels", getattr(task, "num_classes", None) is not None)
     if kwargs:
       raise ValueError(f"unknown options {sorted(kwargs)} for {name!r}")
     return families.ParametricFamily(task, (lo, hi), bool(permute))
-  from lopt.tasks import families
   if kwargs:
     raise ValueError(f"family {name!r} takes no options (got {sorted(kwargs)})")
   return families.get_family(name)
@@ -71,7 +71,6 @@ def resolve_family(name: str, **kwargs: Any) -> TaskFamily:
 
 def distribution_family(spec: dict) -> TaskFamily:
   """The family of a `lopt.tasks.distribution` spec (refused if it is a held-out one)."""
-  from lopt.tasks import distribution
   match = distribution.heldout_match(spec)
   if match is not None:
     raise ValueError(f"this family duplicates the held-out task {match!r}; the meta-training "
@@ -88,10 +87,8 @@ def augment(family: TaskFamily, spec: dict) -> TaskFamily:
   name = spec.pop("name")
   if name not in AUGMENTATIONS:
     raise ValueError(f"unknown augmentation {name!r}; choose one of {sorted(AUGMENTATIONS)}")
-  from lopt.tasks import augment as aug_lib
   return getattr(aug_lib, AUGMENTATIONS[name])(family, **spec)
 
 
 def suite_task_names(split: str) -> list[str]:
-  from lopt import tasks
   return list(tasks.suite_names(split))

@@ -39,6 +39,8 @@ import numpy as np
 import optax
 
 from lopt import rundir
+from lopt.learned_opts import nino
+from lopt.learned_opts.nino import model as nino_model
 from lopt.training import trajectories as traj_lib
 
 __all__ = ["NoTrajectoriesError", "WindowSampler", "load_config", "fit", "normalise",
@@ -112,7 +114,7 @@ class WindowSampler:
   def __init__(self, paths, *, ctx: int, seq_len: int, stride, samples_per_traj: int,
                build_graph: Callable | None = None):
     if build_graph is None:
-      from lopt.learned_opts.nino.graph import build_graph
+      build_graph = nino.build_graph
     self.strides = [int(s) for s in (stride if isinstance(stride, (list, tuple)) else [stride])]
     self.ctx, self.seq_len, self.spt = ctx, seq_len, samples_per_traj
     self.need = (ctx + min(seq_len, 2 * ctx) + samples_per_traj) * max(self.strides)
@@ -129,9 +131,8 @@ class WindowSampler:
         self.skipped.append(f"{path} ({unsupported[key]})")
         continue
       if key not in groups:
-        from lopt.learned_opts.nino.nowcast import graph_arch
         try:
-          graph = build_graph(t.snapshot(0), graph_arch(t.meta.get("arch")))
+          graph = build_graph(t.snapshot(0), nino.graph_arch(t.meta.get("arch")))
         except (ValueError, KeyError) as e:  # e.g. an LSTM: no neural-graph description
           unsupported[key] = f"no neural graph for task {t.meta.get('task')!r}: {e}"
           self.skipped.append(f"{path} ({unsupported[key]})")
@@ -223,23 +224,20 @@ def _all_finite(tree) -> bool:
 
 def model_config(config: dict):
   """The `NowcasterConfig` of a fit config (NiNo keeps 9 feature slots: conv-ready)."""
-  from lopt.learned_opts.nino.model import NowcasterConfig
   if config["model"] == "wnnp":
-    return NowcasterConfig(kind="wnn", hid=config["hidden"], ctx=config["ctx"],
-                           seq_len=config["seq_len"], max_feat=1, lpe=0, n_layers=0)
-  return NowcasterConfig(kind="nino", hid=config["hidden"], ctx=config["ctx"],
-                         seq_len=config["seq_len"], max_feat=9)
+    return nino.NowcasterConfig(kind="wnn", hid=config["hidden"], ctx=config["ctx"],
+                                seq_len=config["seq_len"], max_feat=1, lpe=0, n_layers=0)
+  return nino.NowcasterConfig(kind="nino", hid=config["hidden"], ctx=config["ctx"],
+                              seq_len=config["seq_len"], max_feat=9)
 
 
 def init_theta(cfg, graph, key):
   """Fresh meta-model weights (the reference init: normal(0.02), zero biases)."""
-  from lopt.learned_opts.nino import model as nino_model
   return nino_model.make_model(cfg).init(key, *nino_model.example_inputs(cfg, graph))
 
 
 def make_apply_all(cfg) -> Callable:
   """`(theta, graph, x [ctx, P]) -> [seq_len, P]`: normalised predictions, every horizon."""
-  from lopt.learned_opts.nino import model as nino_model
   net = nino_model.make_model(cfg)
 
   def apply_all(theta, graph, x):
@@ -307,7 +305,6 @@ def fit(config: dict, data_dir: str | os.PathLike, out_dir: str | os.PathLike, *
     bar.close()
   if not _all_finite(theta):
     raise FloatingPointError("theta became non-finite; nothing was saved")
-  from lopt.learned_opts import nino
   n = min(len(losses), config["log_every"])
   summary = {"model": config["model"], "steps": config["steps"], "resumed_from": start,
           "first_loss": first_loss,

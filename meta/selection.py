@@ -33,6 +33,7 @@ import numpy as np
 import optax
 
 from lopt import rundir
+from lopt.learned_opts import PRETRAINED, load_optimizer, pretrained
 from lopt.tasks import distribution
 from lopt.training import train
 
@@ -136,7 +137,6 @@ def candidate(source: str) -> MakeTx:
   """`num_steps -> transform` of a theta directory (`save_theta` / `export_theta` output),
   a pretrained name (`lopt-fc-v2`, `celo`, ...), or `NAME:PATH` (a pretrained name's file
   at PATH, e.g. `celo-adam:../shared/pretrained/celo/celo_adam_theta.state`)."""
-  from lopt.learned_opts import PRETRAINED, load_optimizer, pretrained
   name, _, path = source.partition(":")
   if path and (name in PRETRAINED or name.replace("_", "-") in PRETRAINED):
     lopt, theta = pretrained(name, path=path)
