@@ -82,6 +82,30 @@ def test_every_import_follows_a_declared_arrow():
   assert not bad, "undeclared arrows or private imports:\n" + "\n".join(bad)
 
 
+# Parts whose imports of other parts may sit inside functions, and why: the CLI loads JAX only
+# for the command that runs (`lopt --help`, `lopt tasks` stay fast); the benchmark scripts set
+# XLA flags and environment before JAX loads.
+LAZY_PARTS = {"cli", "benchmarks"}
+
+
+def test_imports_of_other_parts_are_at_module_top():
+  inside = []
+  for part, path in _modules():
+    if part in LAZY_PARTS:
+      continue
+    tree = ast.parse(path.read_text())
+    top = {id(n) for n in tree.body}
+    for n in tree.body:  # `if TYPE_CHECKING:` / `try:` blocks at module level count as top
+      if isinstance(n, (ast.If, ast.Try)):
+        top |= {id(m) for m in ast.walk(n)}
+    for node in ast.walk(tree):
+      if isinstance(node, (ast.Import, ast.ImportFrom)) and id(node) not in top:
+        for _, mod, _ in _imports(ast.Module(body=[node], type_ignores=[])):
+          if mod and mod[0] != part and mod[0] in ALLOWED:
+            inside.append(f"{path.relative_to(ROOT)}:{node.lineno}: lopt.{'.'.join(mod)}")
+  assert not inside, "move these imports to the module top:\n" + "\n".join(inside)
+
+
 @pytest.mark.parametrize("rel", PURE_NUMPY)
 def test_metrics_and_scoring_import_no_jax(rel):
   tree = ast.parse((ROOT / rel).read_text())
