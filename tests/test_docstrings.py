@@ -8,7 +8,7 @@ import pytest
 
 import lopt
 
-_SUBPACKAGES = ("runs", "tasks", "learned_opts", "meta", "training", "eval", "optimizers",
+_SUBPACKAGES = ("rundir", "tasks", "learned_opts", "meta", "training", "eval", "optimizers",
                 "analysis", "cli")
 
 
