@@ -66,6 +66,10 @@ def main(argv=None) -> None:
                                            budget_scale=args.budget_scale):
           print("exported", path)
   print("same tuned learning rates both ways:", chosen["vectorised"] == chosen["sequential"])
+  for key in sorted(chosen["vectorised"]):  # float rounding can flip a near-tie of the grid
+    if chosen["vectorised"][key] != chosen["sequential"].get(key):
+      print(f"  {key}: {chosen['vectorised'][key]} vectorised, "
+            f"{chosen['sequential'].get(key)} sequential")
   # CPU time (all threads of this process) is what other jobs on a shared box disturb least.
   print(f"vectorised/sequential CPU-time ratio: {cpu['sequential'] / cpu['vectorised']:.2f}")
   print(f"vectorised/sequential speedup: {times['sequential'] / times['vectorised']:.2f}")
