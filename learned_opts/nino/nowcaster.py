@@ -27,14 +27,13 @@ import dataclasses
 import json
 import os
 import pathlib
-import shutil
-import tempfile
 from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lopt import rundir
 from lopt.learned_opts import _hub
 from lopt.learned_opts.nino import convert as _convert
 from lopt.learned_opts.nino.graph import NeuralGraph, build_graph
@@ -205,21 +204,13 @@ def save_nowcaster(directory: str | os.PathLike, nowcaster: Nowcaster, *,
   directory = pathlib.Path(directory).expanduser().resolve()
   if directory.exists() and not overwrite:
     raise FileExistsError(f"{directory} exists; pass overwrite=True to replace it")
-  directory.parent.mkdir(parents=True, exist_ok=True)
-  tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-  try:
+  with rundir.atomic_dir(directory) as tmp:
     meta = {"format_version": FORMAT_VERSION, "config": dataclasses.asdict(nowcaster.config),
             **dict(extra_meta or {})}
     (tmp / NOWCASTER_JSON).write_text(json.dumps(meta, indent=2, sort_keys=True))
     host = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float32), nowcaster.weights)
     with ocp.StandardCheckpointer() as ck:
       ck.save(tmp / "weights", host)
-    if directory.exists():
-      shutil.rmtree(directory)
-    os.replace(tmp, directory)
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise
   return directory
 
 
