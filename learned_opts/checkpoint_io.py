@@ -362,8 +362,10 @@ def check_theta(lopt: Any, theta: Any, path: Any = "<theta>") -> None:
   raise ThetaMismatchError("\n".join(lines))
 
 
-def read_lopt_json(directory: str | os.PathLike) -> dict[str, Any]:
-  """The `lopt.json` of a checkpoint directory: architecture, hparams, format_version, ..."""
+def read_lopt_json(directory: str | os.PathLike, *, kind: str = "learned_optimizer"
+                   ) -> dict[str, Any]:
+  """The `lopt.json` of a checkpoint directory: architecture, hparams, format_version, ...
+  (refused when it holds weights of another `kind`: a nowcaster is not a learned optimizer)."""
   import json
   path = pathlib.Path(directory) / LOPT_JSON
   if not path.is_file():
@@ -376,6 +378,11 @@ def read_lopt_json(directory: str | os.PathLike) -> dict[str, Any]:
   for field in ("architecture", "hparams", "format_version"):
     if field not in meta:
       raise CheckpointFormatError(f"{path}: missing field {field!r}")
+  if meta.get("kind", "learned_optimizer") != kind:
+    loader = ("lopt.learned_opts.nino.load_nowcaster" if meta.get("kind") == "nowcaster"
+              else "lopt.learned_opts.load_optimizer")
+    raise CheckpointFormatError(f"{directory}: holds a {meta.get('kind')} ({meta['architecture']}),"
+                                f" not a {kind}; load it with {loader}")
   if meta["format_version"] > FORMAT_VERSION:
     raise CheckpointFormatError(f"{path}: format_version {meta['format_version']} is newer "
                                 f"than this lopt understands ({FORMAT_VERSION}); upgrade lopt")
@@ -395,10 +402,7 @@ def save_theta(directory: str | os.PathLike, lopt: Any, theta: Any, *,
     save_theta("runs/x/theta_final", lopt, theta, extra_meta={"outer_step": 1000})
     lopt2, theta2 = load_optimizer("runs/x/theta_final")
   """
-  import json
-
   import jax
-  import orbax.checkpoint as ocp
 
   from lopt.learned_opts import registry
 
@@ -412,13 +416,37 @@ def save_theta(directory: str | os.PathLike, lopt: Any, theta: Any, *,
           "theta_format": "orbax",
           "num_meta_params": int(sum(np.size(x) for x in jax.tree.leaves(theta)))}
   meta.update(dict(extra_meta or {}))
+  return write_weights_dir(directory, meta, theta, overwrite=overwrite)
+
+
+def write_weights_dir(directory: str | os.PathLike, meta: Mapping[str, Any], tree: Any, *,
+                      overwrite: bool = False) -> pathlib.Path:
+  """The one directory format of lopt's weights, learned-optimizer thetas and nowcasters
+  alike: `<directory>/lopt.json` (`kind`, `architecture`, `hparams`, `format_version`, ...)
+  and `<directory>/theta/` (orbax, float32), written into a sibling folder that is renamed
+  into place (a failure leaves no partial checkpoint)."""
+  import json
+
+  import jax
+  import orbax.checkpoint as ocp
+
+  directory = pathlib.Path(directory).resolve()
+  if directory.exists() and not overwrite:
+    raise FileExistsError(f"{directory} exists; pass overwrite=True to replace it")
   with rundir.atomic_dir(directory) as tmp:
-    host = jax.tree.map(lambda x: np.asarray(x, np.float32), theta)
+    host = jax.tree.map(lambda x: np.asarray(x, np.float32), tree)
     with ocp.StandardCheckpointer() as ck:
       ck.save(tmp / THETA_SUBDIR, host)
       ck.wait_until_finished()
-    (tmp / LOPT_JSON).write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
+    (tmp / LOPT_JSON).write_text(json.dumps(dict(meta), indent=1, sort_keys=True) + "\n")
   return directory
+
+
+def read_weights_dir(directory: str | os.PathLike, *, kind: str) -> tuple[dict[str, Any], Any]:
+  """`(lopt.json, weights)` of a `write_weights_dir` folder holding weights of `kind`
+  ("learned_optimizer" or "nowcaster")."""
+  meta = read_lopt_json(directory, kind=kind)
+  return meta, _read_orbax(pathlib.Path(directory))
 
 
 def save_theta_msgpack(path: str | os.PathLike, theta: Any, *, format: str = "velo",

@@ -110,3 +110,25 @@ def test_one_translator_gives_the_same_graphs_as_before(task):
   assert nino.build_graph(params, translated) is graph       # same cache entry: same graph
   if not task.norm:                                # plain names: inference agrees as well
     assert _fingerprint(nino.build_graph(params)) == _BEFORE[task.name]
+
+
+def test_one_weights_directory_format_for_thetas_and_nowcasters(tmp_path):
+  """A nowcaster folder and a theta folder share one layout (lopt.json + theta/), and each
+  loader refuses the other kind with a pointer to the right one."""
+  import jax
+  from lopt.learned_opts import checkpoint_io, nino
+  nc = nino.init_nowcaster(jax.random.PRNGKey(0), nino.NowcasterConfig(
+      kind="wnn", hid=8, ctx=5, seq_len=4, max_feat=1, lpe=0, n_layers=0))
+  d = nino.save_nowcaster(tmp_path / "nc", nc)
+  assert sorted(p.name for p in d.iterdir()) == ["lopt.json", "theta"]
+  back = nino.load_nowcaster(d)
+  jax.tree.map(lambda a, b: np.testing.assert_array_equal(a, b), back.weights, nc.weights)
+  with pytest.raises(checkpoint_io.CheckpointFormatError, match="load_nowcaster"):
+    lo.load_optimizer(d)
+  lopt, theta = lo.pretrained("lopt-fc-v2")
+  t = lo.save_theta(tmp_path / "theta", lopt, theta)
+  assert sorted(p.name for p in t.iterdir()) == ["lopt.json", "theta"]
+  with pytest.raises(checkpoint_io.CheckpointFormatError, match="load_optimizer"):
+    nino.load_nowcaster(t)
+  for shipped in nino.SHIPPED:  # the bundled nowcasters are in the same format
+    assert (nino.shipped_dir() / shipped / "lopt.json").is_file()

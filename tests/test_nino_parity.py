@@ -131,7 +131,7 @@ def test_save_and_load_round_trip(tmp_path, nowcasters, golden):
   z, hist, like, g = golden("mlp")
   nc = nowcasters["wnnp_h32"]
   out = nino.save_nowcaster(tmp_path / "nc", nc, extra_meta={"note": "test"})
-  assert (out / "nowcaster.json").exists()
+  assert (out / "lopt.json").exists() and (out / "theta").is_dir()  # the one weights format
   back = nino.load_nowcaster(out)
   assert back.config == nc.config
   jax.tree_util.tree_map(np.testing.assert_array_equal, back.weights, nc.weights)

@@ -4,7 +4,7 @@ Public API:
   build_graph(params, arch=None) -> NeuralGraph       static per (arch, shapes), cached
   load_nowcaster(name_or_path, path=None) -> Nowcaster "nino" | "wnnp" | "wnnp_h32" | a path
   Nowcaster.predict(history, k) -> params              history: [ctx=5, ...] pytree, k in 1..40
-  save_nowcaster(dir, nowcaster)                       orbax weights + nowcaster.json
+  save_nowcaster(dir, nowcaster)                       lopt.json + theta/ (orbax), as thetas
   nowcast(base, nowcaster, *, max_steps, period)       the optax wrapper (see _nowcast.py)
   resolve_nowcaster(name)                              "linear", shipped ("nino_lopt",
                                                        "wnnp_lopt"), official names, paths

@@ -33,8 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lopt import rundir
-from lopt.learned_opts import _hub
+from lopt.learned_opts import _hub, checkpoint_io
 from lopt.learned_opts.nino import convert as _convert
 from lopt.learned_opts.nino.graph import NeuralGraph, build_graph
 from lopt.learned_opts.nino.layout import to_modules
@@ -43,7 +42,7 @@ from lopt.learned_opts.nino.model import NowcasterConfig, make_model, predict_ed
 __all__ = ["Nowcaster", "load_nowcaster", "save_nowcaster", "OFFICIAL", "zscore", "unzscore",
            "resolve_official", "init_nowcaster"]
 
-NOWCASTER_JSON = "nowcaster.json"
+LEGACY_JSON = "nowcaster.json"  # before the one weights-directory format (still read)
 FORMAT_VERSION = 1
 
 # name -> (file, sha256, size): a view of the weights hub's `NOWCASTERS` table, which is
@@ -160,13 +159,14 @@ def load_nowcaster(name_or_path: str | os.PathLike, *, path: str | os.PathLike |
     download: allow fetching an official file that is not found locally.
   """
   p = pathlib.Path(os.fspath(name_or_path)).expanduser()
-  if p.is_dir() and (p / NOWCASTER_JSON).is_file():
+  if p.is_dir() and ((p / checkpoint_io.LOPT_JSON).is_file() or (p / LEGACY_JSON).is_file()):
     return _load_own(p)
   if p.suffix == ".pt" or p.is_file():
     cfg, w = _convert.convert_checkpoint(p)
     return Nowcaster(cfg, _to_jax(w))
   if p.is_dir():
-    raise FileNotFoundError(f"{p}: a directory without {NOWCASTER_JSON} (not a saved nowcaster)")
+    raise FileNotFoundError(f"{p}: a directory without {checkpoint_io.LOPT_JSON} (not a saved "
+                            "nowcaster)")
   file = resolve_official(str(name_or_path), path, download=download)
   cfg, w = _convert.convert_checkpoint(file)
   return Nowcaster(cfg, _to_jax(w))
@@ -199,24 +199,26 @@ def init_nowcaster(key: jax.Array, config: NowcasterConfig) -> Nowcaster:
 def save_nowcaster(directory: str | os.PathLike, nowcaster: Nowcaster, *,
                    extra_meta: Mapping[str, Any] | None = None, overwrite: bool = False
                    ) -> pathlib.Path:
-  """Writes `<directory>/nowcaster.json` (config) and `<directory>/weights` (orbax), atomically."""
-  import orbax.checkpoint as ocp
+  """Writes `<directory>/lopt.json` (kind "nowcaster", its config as `hparams`) and
+  `<directory>/theta/` (orbax), atomically: the one weights-directory format
+  (`checkpoint_io.write_weights_dir`), as learned-optimizer thetas."""
   directory = pathlib.Path(directory).expanduser().resolve()
   if directory.exists() and not overwrite:
     raise FileExistsError(f"{directory} exists; pass overwrite=True to replace it")
-  with rundir.atomic_dir(directory) as tmp:
-    meta = {"format_version": FORMAT_VERSION, "config": dataclasses.asdict(nowcaster.config),
-            **dict(extra_meta or {})}
-    (tmp / NOWCASTER_JSON).write_text(json.dumps(meta, indent=2, sort_keys=True))
-    host = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float32), nowcaster.weights)
-    with ocp.StandardCheckpointer() as ck:
-      ck.save(tmp / "weights", host)
+  meta = {"kind": "nowcaster", "architecture": nowcaster.config.kind,
+          "hparams": dataclasses.asdict(nowcaster.config),
+          "format_version": checkpoint_io.FORMAT_VERSION, **dict(extra_meta or {})}
+  checkpoint_io.write_weights_dir(directory, meta, nowcaster.weights, overwrite=overwrite)
   return directory
 
 
 def _load_own(directory: pathlib.Path) -> Nowcaster:
+  if (directory / checkpoint_io.LOPT_JSON).is_file():  # the one weights-directory format
+    meta, w = checkpoint_io.read_weights_dir(directory, kind="nowcaster")
+    return Nowcaster(NowcasterConfig(**meta["hparams"]), _to_jax(w))
+  # Folders written before the formats were unified: nowcaster.json + weights/.
   import orbax.checkpoint as ocp
-  meta = json.loads((directory / NOWCASTER_JSON).read_text())
+  meta = json.loads((directory / LEGACY_JSON).read_text())
   if meta.get("format_version") != FORMAT_VERSION:
     raise ValueError(f"{directory}: nowcaster format {meta.get('format_version')} is not "
                      f"{FORMAT_VERSION}")
