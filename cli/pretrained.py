@@ -30,41 +30,24 @@ def _learned_opts():
   return lo
 
 
-def _nowcast():
-  from lopt.learned_opts import nino
-  return nino
-
-
 def _size(n: int | None) -> str:
   if n is None:
     return "-"
   return f"{n / 1e6:.1f} MB" if n >= 1e6 else f"{n / 1e3:.0f} kB"
 
 
-def _shipped_rows() -> list[tuple[str, str, str, str]]:
-  """The nowcasters fitted and shipped by lopt (package data, not in the weights hub)."""
-  nino = _nowcast()
-  rows = []
-  for name in sorted(nino.SHIPPED):
-    path = nino.shipped_dir() / name
-    rows.append((name, "nowcaster (lopt)", "-",
-                 f"bundled: {path}" if path.is_dir() else "missing from this install"))
-  return rows
-
-
 def _list(args) -> int:
   del args
   lo = _learned_opts()
   rows = [("NAME", "KIND", "SIZE", "AVAILABLE")]
-  for ci in lo.weights():  # learned optimizers, then official nowcasters
+  for ci in lo.weights():  # learned optimizers, then nowcasters (official and lopt's own)
     found = lo.find_local(ci.name)
     if found is None and ci.url is None:
       continue  # a bundled-only checkpoint that this build does not include
     where = f"{found[0]}: {found[1]}" if found else "download on first use"
     kind = (f"optimizer ({ci.architecture})" if ci.kind == "optimizer"
-            else "nowcaster (official)")
+            else "nowcaster (official)" if ci.url else "nowcaster (lopt)")
     rows.append((ci.name, kind, _size(ci.size), where))
-  rows += _shipped_rows()
   widths = [max(len(r[i]) for r in rows) for i in range(3)]
   for r in rows:
     out("  ".join(c.ljust(w) for c, w in zip(r[:3], widths)) + "  " + r[3])
@@ -76,13 +59,7 @@ def _show(args) -> int:
   try:
     ci = lo.weights_info(args.name)
   except KeyError:
-    nino = _nowcast()
-    if args.name in nino.SHIPPED:
-      emit_json({"name": args.name, "kind": "nowcaster", "description":
-                 nino.SHIPPED[args.name],
-                 "local_path": str(nino.shipped_dir() / args.name)}, indent=1)
-      return 0
-    known = [ci.name for ci in lo.weights()] + sorted(nino.SHIPPED)
+    known = [ci.name for ci in lo.weights()]
     raise UsageError(f"unknown pretrained checkpoint {args.name!r}; known: "
                      f"{', '.join(known)}") from None
   info = ci.to_json()

@@ -175,6 +175,17 @@ NOWCASTERS: dict[str, CheckpointInfo] = {
         "wnnp_h32", "nino_mlp_h32.pt",
         "389e4d51e79a72bb9d780812504c98146073cc2a96da38be3b72d8abe0b6fd7d", 24_580,
         ("nino_mlp_h32", "wnn_h32"), "WNN+ (hidden 32)."),
+    # Fitted and shipped by lopt (`lopt nowcast fit`), bundled like lopt-fc-v2.
+    "wnnp_lopt": CheckpointInfo(
+        name="wnnp_lopt", architecture="wnn", hparams={}, filename="", format="orbax",
+        sha256=None, size=None, url=None, licence="Apache-2.0 (lopt)",
+        description="WNN+ h32 fitted by lopt on Adam trajectories of digits / MNIST-1D MLPs "
+                    "and convnets (configs/nowcast_wnnp.py), bundled.", kind="nowcaster"),
+    "nino_lopt": CheckpointInfo(
+        name="nino_lopt", architecture="nino", hparams={}, filename="", format="orbax",
+        sha256=None, size=None, url=None, licence="Apache-2.0 (lopt)",
+        description="NiNo h32 fitted by lopt on the same trajectories (configs/nowcast_nino.py), "
+                    "bundled.", kind="nowcaster"),
 }
 
 # Every known entry, learned optimizers first; a live view, so a row added to either table

@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from lopt.learned_opts import _hub
 from lopt.learned_opts.nino.graph import graph_arch  # re-exported: the one task translator
 
 __all__ = [
@@ -155,7 +156,7 @@ def _attr(nowcaster, name: str, config_name: str):
 
 
 # Nowcasters trained by lopt on its own trajectories, shipped as package data
-# (`learned_opts/nino/checkpoints/<name>/`, written by `save_nowcaster`).
+# (`learned_opts/checkpoints/<name>/`, the weights hub's bundled folder, written by `save_nowcaster`).
 SHIPPED = {
     "wnnp_lopt": "WNN+ h32 fitted on Adam trajectories of digits / MNIST-1D MLPs and convnets",
     "nino_lopt": "NiNo h32 fitted on the same trajectories",
@@ -163,7 +164,8 @@ SHIPPED = {
 
 
 def shipped_dir() -> pathlib.Path:
-  return pathlib.Path(__file__).resolve().parent / "checkpoints"
+  """Where the shipped nowcasters live: the weights hub's bundled folder (`<name>/`)."""
+  return _hub.bundled_dir()
 
 
 def resolve_nowcaster(name_or_path: str | os.PathLike, **load_kwargs):
