@@ -19,12 +19,10 @@ import pathlib
 import sys
 from typing import Any, Sequence
 
-from lopt import optimizers, rundir
-from lopt import tasks as T
+from lopt import rundir
 from lopt.eval import _analysis, _jobs, _specs, _tasks, _tuning, metrics
 from lopt.eval._specs import OptimizerSpec
 from lopt.eval._tasks import TaskEntry
-from lopt.learned_opts import CheckpointUnavailableError
 
 SUITES = ("train", "heldout", "demo", "paper", "all")
 
@@ -50,6 +48,7 @@ def suite_tasks(suite: str, tasks: Sequence[Any] | None = None, *,
     budget_scale: multiply every budget (rounded, at least 10 steps).
     fingerprints: compute each task's content hash (builds the tasks).
   """
+  from lopt import tasks as T
   suite_map = T.SUITE
   if tasks:
     names = list(tasks)
@@ -80,6 +79,11 @@ def check_available(specs: Sequence[OptimizerSpec], num_steps: int
   downloaded) is excluded with the loader's message; an unknown name or a `path=` that
   does not exist is an error.
   """
+  from lopt import optimizers, training
+  try:
+    from lopt.learned_opts import CheckpointUnavailableError
+  except ImportError:  # pragma: no cover - learned_opts always ships
+    CheckpointUnavailableError = FileNotFoundError  # noqa: N806
   ok, excluded = [], {}
   for s in specs:
     if s.tuning is not None:

@@ -18,7 +18,7 @@ from typing import Any, Iterable, NamedTuple, Sequence
 
 import numpy as np
 
-from lopt import optimizers, rundir, training
+from lopt import rundir
 
 # ---------------------------------------------------------------------------------------
 # JSON with non-finite floats as strings ("inf", "-inf", "nan"): strict JSON on disk that
@@ -98,6 +98,7 @@ def make_optimizer(name: str, *, num_steps: int, checkpoint: str | None = None,
 
   import optax
 
+  from lopt import optimizers, training
   if name in LINEAR_IN_LR and name in optimizers.BASELINES and checkpoint is None:
     lr = float(hparams.pop("learning_rate",
                            optimizers.BASELINES[name].defaults.get("learning_rate", 1.0)))
@@ -113,6 +114,7 @@ def run_job(job: dict) -> dict:
   The optimizer sees only the optax API and `num_steps` (reported as `uses_num_steps`);
   it never sees the task's name.
   """
+  from lopt import training
   from lopt.eval import _tasks
 
   task = _tasks.build(job.get("task_ref") or job["task"], job["task"])

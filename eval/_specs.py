@@ -29,8 +29,6 @@ import dataclasses
 import re
 from typing import Any
 
-from lopt import learned_opts
-
 __all__ = ["OptimizerSpec", "parse_spec", "parse_specs", "REFERENCE", "demo_specs",
            "explicit_labels"]
 
@@ -165,5 +163,6 @@ def demo_specs() -> list[str]:
   pretrained learned optimizer lopt knows (`lopt.learned_opts.PRETRAINED`), and Adam with
   nowcasting by our shipped WNN+ / NiNo and the official NiNo. The runner drops those whose
   weights are not on this machine and says why."""
+  from lopt import learned_opts
   return (["adam-tuned", "adam", "nadamw"] + list(learned_opts.PRETRAINED)
           + ["adam+wnnp_lopt", "adam+nino_lopt", "adam+nino"])

@@ -32,8 +32,6 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from lopt import tasks as T
-
 # Bump when a change to the training loop or the metrics changes what a run produces: every
 # cached tuning result then misses and is redone.
 TRAINING_VERSION = "2026-12-1"
@@ -69,11 +67,13 @@ _LOCAL: dict[str, Any] = {}
 
 
 def _is_task(x: Any) -> bool:
-  return isinstance(x, T.Task)
+  from lopt.tasks import Task
+  return isinstance(x, Task)
 
 
 def _is_spec(x: Any) -> bool:
-  return isinstance(x, T.TaskSpec)
+  from lopt.tasks import TaskSpec
+  return isinstance(x, TaskSpec)
 
 
 def _short(x: Any) -> str:
@@ -116,6 +116,7 @@ def load_path(path: str) -> tuple[Any, ...]:
 
 
 def _suite_entry(name: str, num_steps: int | None) -> tuple[TaskEntry, Any]:
+  from lopt import tasks as T
   s = T.SUITE[name]
   steps = int(num_steps) if num_steps else int(s.num_steps)
   return TaskEntry(name, steps, s.split, s.description, ref=name), None
@@ -158,6 +159,7 @@ def resolve(items: Sequence[Any], *, num_steps: int | None = None,
   Raises:
     TaskResolutionError: unknown names, bad paths, missing budgets, duplicate names.
   """
+  from lopt import tasks as T
   out: list[tuple[TaskEntry, Any]] = []
   for item in items:
     if isinstance(item, str):
@@ -192,6 +194,7 @@ def resolve(items: Sequence[Any], *, num_steps: int | None = None,
 
 def build(ref: str, name: str):
   """Rebuilds the task of a `TaskEntry` (in any process)."""
+  from lopt import tasks as T
   if ref.startswith("local:"):
     try:
       return _LOCAL[ref[len("local:"):]]

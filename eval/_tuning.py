@@ -32,7 +32,6 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from lopt import optimizers
 from lopt.eval import _jobs, _tasks
 from lopt.rundir import settings
 from lopt.eval._specs import OptimizerSpec
@@ -76,6 +75,7 @@ def search_trials(spec: OptimizerSpec, lr_grid: Sequence[float] | None = None
 
   `lr_grid` replaces `LR_GRIDS[name]` (reports show the grid used).
   """
+  from lopt import optimizers
   fixed = spec.hparams_dict
   if spec.tuning == "lr_grid":
     if lr_grid is None and spec.name not in optimizers.LR_GRIDS:
@@ -107,6 +107,7 @@ def plan(spec: OptimizerSpec, task: str | _tasks.TaskEntry, num_steps: int | Non
     legacy: the folder layout of benchmarks written before task fingerprints (keyed by the
       task name only); for re-reading their results (`rescore`, `pool`), never for tuning.
   """
+  from lopt import optimizers
   entry = task if isinstance(task, _tasks.TaskEntry) else _tasks.resolve(
       [task], num_steps=num_steps, fingerprints=not legacy)[0]
   if legacy:
