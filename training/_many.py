@@ -42,8 +42,12 @@ def _stack(trees: Sequence[Any]) -> Any:
   return jax.tree.map(lambda *x: jnp.stack(x), *trees)
 
 
-def _row(tree: Any, r: int) -> Any:
-  return jax.tree.map(lambda x: x[r], tree)
+def _rows(tree: Any) -> list[Any]:
+  """Per-run trees of a batched tree, sliced on the host: eager device slicing compiles a
+  program per leaf shape (dozens per group on CPU)."""
+  host = jax.device_get(tree)
+  n = len(jax.tree.leaves(host)[0])
+  return [jax.tree.map(lambda x: jnp.asarray(x[r]), host) for r in range(n)]
 
 
 @jax.jit
@@ -90,8 +94,10 @@ def train_many(task: Task, optimizers: Sequence[optax.GradientTransformation], n
     raise ValueError(f"num_steps must be a positive integer, got {num_steps!r}")
   eval_every = min(int(eval_every or max(1, math.ceil(num_steps / 20))), num_steps)
   txs = [optax.with_extra_args_support(t) for t in optimizers]
-  keys = [jax.random.split(jax.random.PRNGKey(s), 3) for s in seeds]
-  params = [_init(task, k[0]) for k in keys]
+  # (init, data, eval) keys per run, split as `train` splits them; indexed on the host.
+  keys = np.asarray(jax.vmap(lambda s: jax.random.split(jax.random.PRNGKey(s), 3))(
+      jnp.asarray(seeds, jnp.uint32)))
+  params = [_init(task, jnp.asarray(k[0])) for k in keys]
 
   @jax.jit
   def stack_and_init(params):  # one program instead of hundreds of eager dispatches
@@ -99,7 +105,7 @@ def train_many(task: Task, optimizers: Sequence[optax.GradientTransformation], n
 
   stacked, states = stack_and_init(params)
   carry = _Carry(stacked, states, jnp.zeros([n], jnp.int32), -jnp.ones([n], jnp.int32))
-  data_keys, eval_keys = jnp.stack([k[1] for k in keys]), jnp.stack([k[2] for k in keys])
+  data_keys, eval_keys = jnp.asarray(keys[:, 1]), jnp.asarray(keys[:, 2])
 
   chunk = _make_chunk(txs[0], None)
   block = (_CPU_CONV_BLOCK
@@ -151,12 +157,13 @@ def train_many(task: Task, optimizers: Sequence[optax.GradientTransformation], n
     for r in range(n):
       if stop_at[r] is None and bad[r] >= 0:
         stop_at[r], bad_steps[r] = i, int(bad[r])
-        kept[r] = (_row(previous.params, r), _row(previous.opt_state, r))
+        kept[r] = (_rows(previous.params)[r], _rows(previous.opt_state)[r])
     if all(s is not None for s in stop_at):
       break
     v, a = evaluate(task, carry, eval_keys)
     valid[:, i + 1], acc[:, i + 1] = np.asarray(v), np.asarray(a)
 
+  final_params, final_states = _rows(carry.params), _rows(carry.opt_state)
   results = []
   for r in range(n):
     h = {"train_loss": train_loss[r].copy(), "eval_step": np.asarray(eval_steps, np.int64),
@@ -164,7 +171,7 @@ def train_many(task: Task, optimizers: Sequence[optax.GradientTransformation], n
          "wall_time": wall.copy()}
     stopped, steps_done = None, num_steps
     if stop_at[r] is None:
-      p, s = _row(carry.params, r), _row(carry.opt_state, r)
+      p, s = final_params[r], final_states[r]
     else:
       i = stop_at[r]
       p, s = kept[r]
