@@ -33,6 +33,8 @@ def register(subparsers) -> None:
   p.add_argument("--coordinator", default=None, help="host:port of process 0")
   p.add_argument("--num-processes", type=int, default=None)
   p.add_argument("--process-id", type=int, default=None)
+  p.add_argument("--no-verify", action="store_true",
+                 help="load checkpoints whose sha256 differs from the published one")
   p.set_defaults(func=_main)
   q = subparsers.add_parser(
       "meta-select", help="compare candidate learned optimizers on the meta-validation set",
@@ -48,6 +50,8 @@ def register(subparsers) -> None:
                  help="reuse the tuned-Adam reference of an earlier selection.json (same "
                       "config and seeds) instead of re-running Adam")
   q.add_argument("--out", required=True, help="output folder")
+  q.add_argument("--no-verify", action="store_true",
+                 help="load checkpoints whose sha256 differs from the published one")
   q.set_defaults(func=_select)
 
 
