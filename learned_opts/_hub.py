@@ -310,6 +310,12 @@ def _where_to_put(ci: CheckpointInfo) -> str:
   return " or ".join(places)
 
 
+def _install_hint(ci: CheckpointInfo) -> str:
+  names = ", ".join(dict.fromkeys([ci.filename, *(pathlib.Path(a).name for a in ci.alt_paths)]))
+  return (f"`lopt pretrained add {ci.name} FILE` (hash-checked; FILE as distributed: {names}),"
+          f" or put it at {_where_to_put(ci)}")
+
+
 def _download(ci: CheckpointInfo, dest: pathlib.Path) -> pathlib.Path:
   with rundir.atomic_path(dest) as tmp:  # verified before it takes the final name
     with open(tmp, "wb") as out, urllib.request.urlopen(
@@ -382,14 +388,14 @@ def resolve_checkpoint(name: str, path: str | os.PathLike | None = None, *,
     why = "LOPT_OFFLINE is set" if offline() else "download=False"
     raise CheckpointUnavailableError(
         f"checkpoint {ci.name!r} is not on this machine and {why}. Download {ci.url} and "
-        f"put it at {_where_to_put(ci)}")
+        f"install it with {_install_hint(ci)}")
   dest = _target(cache_dir(), ci)
   try:
     return _download(ci, dest)
   except (urllib.error.URLError, OSError, TimeoutError) as e:
     raise CheckpointUnavailableError(
         f"checkpoint {ci.name!r} could not be downloaded from {ci.url} ({e}); are you "
-        f"offline? Download it elsewhere and put it at {_where_to_put(ci)}") from e
+        f"offline? Download it elsewhere and install it with {_install_hint(ci)}") from e
 
 
 def pretrained(name: str, *, path: str | os.PathLike | None = None, download: bool = True,
