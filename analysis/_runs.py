@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -28,6 +28,7 @@ import numpy as np
 import optax
 
 from lopt.tasks.base import Task
+from lopt.training import TrainState, train_step
 from lopt.training import evaluate as evaluate_params  # train()'s own evaluation
 from lopt.training.trajectories import flatten_params
 
@@ -62,13 +63,6 @@ class Runs:
   def best_valid(self) -> np.ndarray:
     """[R] the lowest validation loss seen; inf for runs that stopped (diverged)."""
     return np.where(self.stopped_at >= 0, np.inf, np.nanmin(self.valid_loss, axis=1))
-
-
-class _Carry(NamedTuple):
-  params: Any
-  opt_state: Any
-  step: Array       # int32 []
-  bad_step: Array   # int32 [], -1 while every loss was finite
 
 
 def run_keys(init_seed: int, data_seed: int) -> tuple[Array, Array, Array]:
@@ -126,33 +120,13 @@ def run_many(task: Task, make_tx: Callable[[Any], optax.GradientTransformation],
 
   def init_one(task, key, hp):
     params = task.init(key)
-    return _Carry(params, make(hp).init(params), jnp.zeros([], jnp.int32),
+    return TrainState(params, make(hp).init(params), jnp.zeros([], jnp.int32),
                   -jnp.ones([], jnp.int32))
 
-  def step_one(task, carry: _Carry, key, hp):
-    tx = make(hp)
-    k_batch, k_loss = jax.random.split(jax.random.fold_in(key, carry.step))
-    batch = task.sample_batch(k_batch, "train")
-
-    def with_grad(params):
-      return jax.value_and_grad(lambda p: task.loss(p, k_loss, batch)[0])(params)
-
-    def without_grad(params):
-      return task.loss(params, k_loss, batch)[0], jax.tree.map(jnp.zeros_like, params)
-
-    if needs_gradients is None:
-      loss, grads = with_grad(carry.params)
-    else:
-      loss, grads = jax.lax.cond(needs_gradients(carry.opt_state), with_grad, without_grad,
-                                 carry.params)
-    updates, opt_state = tx.update(grads, carry.opt_state, carry.params, loss=loss)
-    params = optax.apply_updates(carry.params, updates)
-    ok = jnp.isfinite(loss) & (carry.bad_step < 0)
-    params, opt_state = jax.tree.map(lambda new, old: jnp.where(ok, new, old),
-                                     (params, opt_state), (carry.params, carry.opt_state))
-    bad_step = jnp.where((carry.bad_step < 0) & ~jnp.isfinite(loss), carry.step, carry.bad_step)
-    logs = (loss, optax.tree.norm(grads), optax.tree.norm(updates))
-    return _Carry(params, opt_state, carry.step + 1, bad_step), logs
+  def step_one(task, carry: TrainState, key, hp):  # `train`'s own step, plus two norms
+    carry, (loss, grads, updates) = train_step(task, make(hp), carry, key,
+                                               needs_gradients=needs_gradients)
+    return carry, (loss, optax.tree.norm(grads), optax.tree.norm(updates))
 
   def chunk(task, carry, keys, hps, length):   # vmapped over runs inside
     one = lambda c, k, hp: jax.lax.scan(lambda c, _: step_one(task, c, k, hp), c, None,

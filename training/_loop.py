@@ -59,11 +59,15 @@ class TrainResult:
     }
 
 
-class _Carry(NamedTuple):
+class TrainState(NamedTuple):
+  """What one run carries from step to step (`train_step`'s state)."""
   params: Any
   opt_state: Any
   step: Array        # int32 []
   bad_step: Array    # int32 [], -1 while every loss was finite
+
+
+_Carry = TrainState  # the loop's own name for it
 
 
 def _eval_fn(task: Task, params: Any, key: Array, split: str, num_batches: int,
@@ -100,41 +104,59 @@ def evaluate(task: Task, params: Any, key: Array, *, split: str = "valid",
   return _eval_fn(task, params, key, split, num_batches)
 
 
+def train_step(task: Task, optimizer: optax.GradientTransformationExtraArgs,
+               state: TrainState, key: Array, *,
+               needs_gradients: Callable[[Any], Array] | None = None,
+               phase: str | None = None) -> tuple[TrainState, tuple[Array, Any, Any]]:
+  """One step of `train`: a batch from `fold_in(key, state.step)`, the loss and its gradients,
+  the optimizer update (with `loss=`), and the freezing rule: after the first non-finite loss
+  the params and optimizer state stay as they were and `bad_step` records the step.
+
+  Returns `(new_state, (loss, grads, updates))`; jit it, `lax.scan` it, `vmap` it (the
+  analyses do, to log gradient and update norms). `phase` ("base" / "nowcast") is the host's
+  plan for a nowcasting optimizer: "nowcast" skips the backward pass; `needs_gradients` asks
+  the optimizer state instead (a `lax.cond`).
+  """
+  k_batch, k_loss = jax.random.split(jax.random.fold_in(key, state.step))
+  batch = task.sample_batch(k_batch, "train")
+
+  def with_grad(params):
+    return jax.value_and_grad(lambda p: task.loss(p, k_loss, batch)[0])(params)
+
+  def without_grad(params):
+    return task.loss(params, k_loss, batch)[0], jax.tree.map(jnp.zeros_like, params)
+
+  extra = {}
+  if phase == "base":        # the host planned these steps: no nowcast among them
+    loss, grads = with_grad(state.params)
+    extra["nowcast_phase"] = "base"
+  elif phase == "nowcast":   # ... and this one is a nowcast: no backward pass
+    loss, grads = without_grad(state.params)
+    extra["nowcast_phase"] = "nowcast"
+  elif needs_gradients is None:
+    loss, grads = with_grad(state.params)
+  else:
+    loss, grads = jax.lax.cond(needs_gradients(state.opt_state), with_grad, without_grad,
+                               state.params)
+  updates, opt_state = optimizer.update(grads, state.opt_state, state.params, loss=loss,
+                                        **extra)
+  params = optax.apply_updates(state.params, updates)
+  ok = jnp.isfinite(loss) & (state.bad_step < 0)
+  # After the first non-finite loss the state is frozen: keep the last good params.
+  params, opt_state = jax.tree.map(lambda new, old: jnp.where(ok, new, old),
+                                   (params, opt_state), (state.params, state.opt_state))
+  bad_step = jnp.where((state.bad_step < 0) & ~jnp.isfinite(loss), state.step, state.bad_step)
+  return TrainState(params, opt_state, state.step + 1, bad_step), (loss, grads, updates)
+
+
 def _make_chunk(optimizer: optax.GradientTransformationExtraArgs,
                 needs_gradients: Callable[[Any], Array] | None) -> Callable:
   """Builds `chunk(task, carry, key, length) -> (carry, losses[length])`."""
 
   def step_fn(task, carry: _Carry, key, phase):
-    k_batch, k_loss = jax.random.split(jax.random.fold_in(key, carry.step))
-    batch = task.sample_batch(k_batch, "train")
-
-    def with_grad(params):
-      return jax.value_and_grad(lambda p: task.loss(p, k_loss, batch)[0])(params)
-
-    def without_grad(params):
-      return task.loss(params, k_loss, batch)[0], jax.tree.map(jnp.zeros_like, params)
-
-    extra = {}
-    if phase == "base":        # the host planned these steps: no nowcast among them
-      loss, grads = with_grad(carry.params)
-      extra["nowcast_phase"] = "base"
-    elif phase == "nowcast":   # ... and this one is a nowcast: no backward pass
-      loss, grads = without_grad(carry.params)
-      extra["nowcast_phase"] = "nowcast"
-    elif needs_gradients is None:
-      loss, grads = with_grad(carry.params)
-    else:
-      loss, grads = jax.lax.cond(needs_gradients(carry.opt_state), with_grad, without_grad,
-                                 carry.params)
-    updates, opt_state = optimizer.update(grads, carry.opt_state, carry.params, loss=loss,
-                                          **extra)
-    params = optax.apply_updates(carry.params, updates)
-    ok = jnp.isfinite(loss) & (carry.bad_step < 0)
-    # After the first non-finite loss the state is frozen: keep the last good params.
-    params, opt_state = jax.tree.map(lambda new, old: jnp.where(ok, new, old),
-                                     (params, opt_state), (carry.params, carry.opt_state))
-    bad_step = jnp.where((carry.bad_step < 0) & ~jnp.isfinite(loss), carry.step, carry.bad_step)
-    return _Carry(params, opt_state, carry.step + 1, bad_step), loss
+    carry, (loss, _, _) = train_step(task, optimizer, carry, key,
+                                     needs_gradients=needs_gradients, phase=phase)
+    return carry, loss
 
   def chunk(task, carry, key, length, unroll, phase=None):
     return jax.lax.scan(lambda c, _: step_fn(task, c, key, phase), carry, None, length=length,
