@@ -215,7 +215,7 @@ def run_benchmark(suite: str = "demo", optimizers: str | Sequence[str] = "demo",
   # Resuming into `out` needs the same tasks, budgets and tuning settings (adding
   # optimizers or seeds is fine: config.json then records the new ones).
   rundir.RunDir(out).claim(_jobs.to_jsonable(config), keys=_SAME,
-                         error=BenchmarkDirMismatchError)
+                           error=BenchmarkDirMismatchError)
   cache = tuning_dir.parent / "jax_cache" if compile_cache else None
   run = dict(workers=workers, progress=progress, compile_cache=cache, local_tasks=local,
              vectorise=vectorise)

@@ -23,15 +23,12 @@ from typing import Any, Sequence
 from lopt import training
 
 MAX_GROUP = 32  # runs per compiled program (memory grows linearly)
-# Optimizers that must run alone. (Shampoo's step-dependent root refresh used to be one: a
-# vmapped `lax.cond` runs both branches; `optimizers._shampoo` now batches it as a real cond.)
-RUN_ALONE: tuple[str, ...] = ()
 
 
 def group_key(job: dict) -> tuple | None:
   """The key of the jobs that can share a program with `job` (None: runs alone)."""
   from lopt.eval import _jobs
-  if "+" in job["optimizer"] or job["optimizer"] in RUN_ALONE:
+  if "+" in job["optimizer"]:  # nowcasting: the host plans its steps
     return None
   hp = dict(job["hparams"])
   if job["optimizer"] in _jobs.LINEAR_IN_LR and job["checkpoint"] is None:
@@ -56,18 +53,6 @@ def groups(jobs: Sequence[dict], max_size: int = MAX_GROUP) -> list[list[dict]]:
   return out
 
 
-def train_group(task: Any, txs: Sequence[Any], num_steps: int, seeds: Sequence[int], *,
-                eval_every: int | None = None, eval_split: str = "valid",
-                eval_batches: int = 8, eval_params=None) -> list[dict]:
-  """`lopt.training.train_many` for the benchmark's records: per run `{"history",
-  "steps_done", "stopped", "elapsed_s"}`."""
-  results = training.train_many(task, txs, num_steps, seeds=seeds, eval_every=eval_every,
-                                eval_split=eval_split, eval_batches=eval_batches,
-                                eval_params=eval_params)
-  return [{"history": r.history, "steps_done": r.steps_done, "stopped": r.stopped,
-           "elapsed_s": float(r.history["wall_time"][-1])} for r in results]
-
-
 def run_group(jobs: Sequence[dict]) -> list[dict]:
   """Trains a group of jobs (`groups`) as one program and writes each record; returns them."""
   from lopt.eval import _jobs, _tasks
@@ -79,15 +64,15 @@ def run_group(jobs: Sequence[dict]) -> list[dict]:
   if info0.needs_gradients is not None:
     raise ValueError(f"{j0['optimizer']!r} skips gradients on some steps: run it alone")
   t0 = time.perf_counter()
-  results = train_group(task, [tx for tx, _ in made], j0["num_steps"],
-                        [j["seed"] for j in jobs], eval_every=j0["eval_every"],
-                        eval_params=info0.eval_params)
+  results = training.train_many(task, [tx for tx, _ in made], j0["num_steps"],
+                                seeds=[j["seed"] for j in jobs], eval_every=j0["eval_every"],
+                                eval_params=info0.eval_params)
   total = time.perf_counter() - t0
   records = []
   for job, (_, info), res in zip(jobs, made, results):
     record = {"job": {k: v for k, v in job.items() if k != "out"}, "info": info.to_json(),
-              "history": res["history"], "steps_done": int(res["steps_done"]),
-              "stopped": res["stopped"], "elapsed_s": total / len(jobs),
+              "history": res.history, "steps_done": int(res.steps_done),
+              "stopped": res.stopped, "elapsed_s": total / len(jobs),
               "vectorised": len(jobs)}
     _jobs.write_json(job["out"], record)
     records.append(record)

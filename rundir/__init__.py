@@ -32,8 +32,9 @@ import importlib
 
 from lopt.rundir import settings
 from lopt.rundir._compile_cache import enable_compile_cache
-from lopt.rundir._files import (atomic_dir, atomic_path, atomic_write_bytes, atomic_write_json,
-                              atomic_write_text, dumps, replace_dir, strict_json)
+from lopt.rundir._files import (atomic_dir, atomic_path, atomic_write_bytes,
+                                atomic_write_json, atomic_write_text, dumps, replace_dir,
+                                strict_json)
 from lopt.rundir._metrics import MetricsWriter, read_rows
 from lopt.rundir._rundir import RunDir, RunDirMismatchError, provenance
 

@@ -17,7 +17,8 @@ from lopt.training._many import train_many
 from lopt.training._run_dir import RunDirMismatchError, plot_history
 from lopt.training.hooks import StepHooks
 
-__all__ = ["TrainResult", "TrainState", "train", "train_step", "train_many", "evaluate", "StepHooks", "RunDirMismatchError", "plot_history"]
+__all__ = ["TrainResult", "TrainState", "train", "train_step", "train_many", "evaluate",
+           "StepHooks", "RunDirMismatchError", "plot_history"]
 
 _MOVED = ("make_optimizer", "OptimizerInfo", "known_names")
 

@@ -67,9 +67,6 @@ class TrainState(NamedTuple):
   bad_step: Array    # int32 [], -1 while every loss was finite
 
 
-_Carry = TrainState  # the loop's own name for it
-
-
 def _eval_fn(task: Task, params: Any, key: Array, split: str, num_batches: int,
              vectorize: bool = False) -> tuple[Array, Array]:
   """Mean loss and accuracy over the task's fixed eval batches (or sampled ones)."""
@@ -153,7 +150,7 @@ def _make_chunk(optimizer: optax.GradientTransformationExtraArgs,
                 needs_gradients: Callable[[Any], Array] | None) -> Callable:
   """Builds `chunk(task, carry, key, length) -> (carry, losses[length])`."""
 
-  def step_fn(task, carry: _Carry, key, phase):
+  def step_fn(task, carry: TrainState, key, phase):
     carry, (loss, _, _) = train_step(task, optimizer, carry, key,
                                      needs_gradients=needs_gradients, phase=phase)
     return carry, loss
@@ -175,6 +172,13 @@ def _has_convolution(task: Task, params: Any) -> bool:
   batch = task.abstract_batch
   jaxpr = jax.make_jaxpr(lambda p, b: task.loss(p, jax.random.PRNGKey(0), b)[0])(params, batch)
   return "conv_general_dilated" in str(jaxpr)
+
+
+def _unroll_block(task: Task, params: Any) -> int | None:
+  """Steps per fully unrolled call (`_CPU_CONV_BLOCK` for convolutions on CPU), else None."""
+  if jax.default_backend() == "cpu" and _has_convolution(task, params):
+    return _CPU_CONV_BLOCK
+  return None
 
 
 def _blocks(length: int, block: int | None) -> list[int]:
@@ -277,7 +281,7 @@ def train(task: Task, optimizer: optax.GradientTransformation, num_steps: int, *
   if params is None:
     params = task.init(init_key)
   opt_state = optimizer.init(params)
-  carry = _Carry(params, opt_state, jnp.zeros([], jnp.int32), -jnp.ones([], jnp.int32))
+  carry = TrainState(params, opt_state, jnp.zeros([], jnp.int32), -jnp.ones([], jnp.int32))
 
   eval_steps = list(range(0, num_steps, eval_every)) + [num_steps]
   history = {
@@ -306,11 +310,10 @@ def train(task: Task, optimizer: optax.GradientTransformation, num_steps: int, *
   if hooks is not None and needs_gradients is None:
     needs_gradients = hooks.needs_gradients
   chunk = _make_chunk(optimizer, needs_gradients)
-  block = (_CPU_CONV_BLOCK if jax.default_backend() == "cpu" and _has_convolution(task, params)
-           else None)
+  block = _unroll_block(task, params)
   evaluate = jax.jit(_eval_fn, static_argnames=("split", "num_batches", "vectorize"))
 
-  def do_eval(c: _Carry) -> tuple[float, float]:
+  def do_eval(c: TrainState) -> tuple[float, float]:
     p = c.params if eval_params is None else eval_params(c.opt_state, c.params)
     loss, acc = evaluate(task, p, eval_key, split=eval_split, num_batches=eval_batches,
                          vectorize=block is not None)

@@ -34,8 +34,8 @@ import numpy as np
 import optax
 
 from lopt.tasks.base import Task
-from lopt.training._loop import (_CPU_CONV_BLOCK, TrainResult, _blocks, _Carry, _eval_fn,
-                                 _has_convolution, _make_chunk)
+from lopt.training._loop import (TrainResult, TrainState, _blocks, _eval_fn, _make_chunk,
+                                 _unroll_block)
 
 
 def _stack(trees: Sequence[Any]) -> Any:
@@ -104,13 +104,11 @@ def train_many(task: Task, optimizers: Sequence[optax.GradientTransformation], n
     return _stack(params), _stack([tx.init(p) for tx, p in zip(txs, params)])
 
   stacked, states = stack_and_init(params)
-  carry = _Carry(stacked, states, jnp.zeros([n], jnp.int32), -jnp.ones([n], jnp.int32))
+  carry = TrainState(stacked, states, jnp.zeros([n], jnp.int32), -jnp.ones([n], jnp.int32))
   data_keys, eval_keys = jnp.asarray(keys[:, 1]), jnp.asarray(keys[:, 2])
 
   chunk = _make_chunk(txs[0], None)
-  block = (_CPU_CONV_BLOCK
-           if jax.default_backend() == "cpu" and _has_convolution(task, params[0])
-           else None)
+  block = _unroll_block(task, params[0])
 
   @functools.partial(jax.jit, static_argnames=("length", "unroll"))
   def many(task, carry, keys, length, unroll):
@@ -154,10 +152,11 @@ def train_many(task: Task, optimizers: Sequence[optax.GradientTransformation], n
     wall[i + 1] = wall[i] + (time.perf_counter() - t0) / n
     train_loss[:, eval_steps[i]:eval_steps[i + 1]] = losses
     bad = np.asarray(carry.bad_step)
-    for r in range(n):
-      if stop_at[r] is None and bad[r] >= 0:
-        stop_at[r], bad_steps[r] = i, int(bad[r])
-        kept[r] = (_rows(previous.params)[r], _rows(previous.opt_state)[r])
+    stopping = [r for r in range(n) if stop_at[r] is None and bad[r] >= 0]
+    if stopping:  # one host copy of the last evaluated state for all runs stopping here
+      last = list(zip(_rows(previous.params), _rows(previous.opt_state)))
+      for r in stopping:
+        stop_at[r], bad_steps[r], kept[r] = i, int(bad[r]), last[r]
     if all(s is not None for s in stop_at):
       break
     v, a = evaluate(task, carry, eval_keys)

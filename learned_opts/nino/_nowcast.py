@@ -155,12 +155,9 @@ def _attr(nowcaster, name: str, config_name: str):
   return getattr(getattr(nowcaster, "config", None), config_name, None)
 
 
-# Nowcasters trained by lopt on its own trajectories, shipped as package data
-# (`learned_opts/checkpoints/<name>/`, the weights hub's bundled folder, written by `save_nowcaster`).
-SHIPPED = {
-    "wnnp_lopt": "WNN+ h32 fitted on Adam trajectories of digits / MNIST-1D MLPs and convnets",
-    "nino_lopt": "NiNo h32 fitted on the same trajectories",
-}
+# Nowcasters trained by lopt on its own trajectories: the weights hub's bundled nowcaster rows
+# (`learned_opts/checkpoints/<name>/`, written by `save_nowcaster`), name -> description.
+SHIPPED = {name: ci.description for name, ci in _hub.NOWCASTERS.items() if ci.format == "orbax"}
 
 
 def shipped_dir() -> pathlib.Path:

@@ -202,14 +202,11 @@ def save_nowcaster(directory: str | os.PathLike, nowcaster: Nowcaster, *,
   """Writes `<directory>/lopt.json` (kind "nowcaster", its config as `hparams`) and
   `<directory>/theta/` (orbax), atomically: the one weights-directory format
   (`checkpoint_io.write_weights_dir`), as learned-optimizer thetas."""
-  directory = pathlib.Path(directory).expanduser().resolve()
-  if directory.exists() and not overwrite:
-    raise FileExistsError(f"{directory} exists; pass overwrite=True to replace it")
   meta = {"kind": "nowcaster", "architecture": nowcaster.config.kind,
           "hparams": dataclasses.asdict(nowcaster.config),
           "format_version": checkpoint_io.FORMAT_VERSION, **dict(extra_meta or {})}
-  checkpoint_io.write_weights_dir(directory, meta, nowcaster.weights, overwrite=overwrite)
-  return directory
+  return checkpoint_io.write_weights_dir(pathlib.Path(directory).expanduser(), meta,
+                                         nowcaster.weights, overwrite=overwrite)
 
 
 def _load_own(directory: pathlib.Path) -> Nowcaster:
