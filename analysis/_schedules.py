@@ -17,7 +17,6 @@ validation loss over the sweep at each budget. Budget and schedule shape are cou
 
 from __future__ import annotations
 
-import math
 from typing import Sequence
 
 import jax

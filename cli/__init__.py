@@ -87,6 +87,14 @@ def build_parser() -> argparse.ArgumentParser:
   return parser
 
 
+def add_no_verify(parser: argparse.ArgumentParser) -> None:
+  """`--no-verify`, the same on every command that loads weights (`main` turns it into
+  `$LOPT_NO_VERIFY`, which every checkpoint loader reads, workers included)."""
+  parser.add_argument("--no-verify", action="store_true",
+                      help="load checkpoints whose sha256 differs from the published one (your "
+                      "own theta for a pretrained architecture)")
+
+
 def check_output_dir(path: str | os.PathLike, flag: str = "--out") -> None:
   """Raises UsageError when `path` cannot become a folder this command writes to."""
   p = os.path.abspath(os.fspath(path))

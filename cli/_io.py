@@ -12,7 +12,6 @@ stray prints) never mixes into `lopt train ... | jq`. Commands write their resul
 
 from __future__ import annotations
 
-import math
 import sys
 from typing import Any, TextIO
 

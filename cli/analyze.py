@@ -19,6 +19,7 @@ _HELP = {
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+  from lopt.cli import add_no_verify  # cli/__init__ imports this module: not at the top
   p = sub.add_parser("analyze", help="training-dynamics analyses (variance, batch size, "
                      "LR schedules, trajectories)", description=__doc__.splitlines()[0])
   kinds = p.add_subparsers(dest="analysis", required=True, metavar="ANALYSIS")
@@ -52,8 +53,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                      "the optimizer's tuning grid)")
       q.add_argument("--budgets", default=None,
                      help="budgets in steps, comma-separated (default: steps/8, /4, /2, steps)")
-    q.add_argument("--no-verify", action="store_true",
-                   help="load checkpoints whose sha256 differs from the published one")
+    add_no_verify(q)
     q.set_defaults(func=run)
 
 
@@ -78,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
     raise UsageError(f"--steps and --seeds must be positive, got {args.steps} and {args.seeds}")
   if args.analysis == "variance" and args.seeds < 2:
     raise UsageError("variance needs --seeds >= 2 (an N x N grid of init x data seeds)")
-  from lopt import analysis, optimizers, tasks, training
+  from lopt import analysis, optimizers, tasks
   from lopt.tasks import datasets
   opts = _names(args.optimizer, "adam" if args.analysis == "schedules" else "adam,lopt-fc-v2")
   task_names = _names([args.task], "")

@@ -12,6 +12,7 @@ from lopt.cli._io import emit_json, out
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+  from lopt.cli import add_no_verify  # cli/__init__ imports this module: not at the top
   p = sub.add_parser(
       "benchmark", help="benchmark optimizers against tuned baselines; score AlgoPerf folders",
       description="`lopt benchmark [run] --suite S --optimizers A,B --seeds N --out DIR` "
@@ -56,8 +57,7 @@ def register(sub: argparse._SubParsersAction) -> None:
   p.add_argument("--no-compile-cache", action="store_true",
                  help="do not turn on JAX's persistent compilation cache")
   p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
-  p.add_argument("--no-verify", action="store_true",
-                 help="load checkpoints whose sha256 differs from the published one")
+  add_no_verify(p)
   p.add_argument("--no-progress", action="store_true")
   p.add_argument("--dir", default=None, help="score: the AlgoPerf-layout folder; report: the "
                  "benchmark folder; pool: comma-separated benchmark folders")

@@ -13,6 +13,7 @@ import argparse
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+  from lopt.cli import add_no_verify  # cli/__init__ imports this module: not at the top
   p = sub.add_parser("demo", help="run the demo benchmark (minutes on a CPU) into a folder",
                      description=__doc__.splitlines()[0])
   p.add_argument("--out", default="runs/demo", help="output folder (resumable; default "
@@ -28,8 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
   p.add_argument("--tuning-dir", default=None,
                  help="tuning cache (default $LOPT_CACHE_DIR/tuning or ~/.cache/lopt/tuning)")
   p.add_argument("--no-progress", action="store_true")
-  p.add_argument("--no-verify", action="store_true",
-                 help="load checkpoints whose sha256 differs from the published one")
+  add_no_verify(p)
   p.set_defaults(func=run)
 
 

@@ -10,6 +10,7 @@ from lopt.cli._io import out
 
 
 def register(subparsers) -> None:
+  from lopt.cli import add_no_verify  # cli/__init__ imports this module: not at the top
   p = subparsers.add_parser(
       "meta-train", help="meta-train a learned optimizer from a config file (resumable)",
       description="Meta-trains a learned optimizer as described by a config file "
@@ -33,8 +34,7 @@ def register(subparsers) -> None:
   p.add_argument("--coordinator", default=None, help="host:port of process 0")
   p.add_argument("--num-processes", type=int, default=None)
   p.add_argument("--process-id", type=int, default=None)
-  p.add_argument("--no-verify", action="store_true",
-                 help="load checkpoints whose sha256 differs from the published one")
+  add_no_verify(p)
   p.set_defaults(func=_main)
   q = subparsers.add_parser(
       "meta-select", help="compare candidate learned optimizers on the meta-validation set",
@@ -50,8 +50,7 @@ def register(subparsers) -> None:
                  help="reuse the tuned-Adam reference of an earlier selection.json (same "
                       "config and seeds) instead of re-running Adam")
   q.add_argument("--out", required=True, help="output folder")
-  q.add_argument("--no-verify", action="store_true",
-                 help="load checkpoints whose sha256 differs from the published one")
+  add_no_verify(q)
   q.set_defaults(func=_select)
 
 

@@ -11,6 +11,7 @@ from lopt.cli._io import emit_json
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+  from lopt.cli import add_no_verify  # cli/__init__ imports this module: not at the top
   p = sub.add_parser("train", help="train a suite task with an optimizer",
                      description="Train a task from the suite (see `lopt tasks`) with a "
                      "baseline, a learned optimizer or a nowcasting wrapper.")
@@ -25,9 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
   p.add_argument("--eval-every", type=int, default=None)
   p.add_argument("--checkpoint", default=None,
                  help="deprecated: use --optimizer NAME:path=FILE (as in `lopt benchmark`)")
-  p.add_argument("--no-verify", action="store_true",
-                 help="load a checkpoint whose sha256 differs from the published one (your "
-                 "own theta for a pretrained architecture)")
+  add_no_verify(p)
   p.add_argument("--tensorboard", action="store_true",
                  help="also write TensorBoard events to <out>/tb (needs tensorboardX)")
   p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
