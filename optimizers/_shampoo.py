@@ -30,6 +30,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 from typing import Any, NamedTuple
 
 import jax
@@ -48,9 +49,7 @@ class ShampooState(NamedTuple):
 def _matrix_shape(shape: tuple[int, ...], max_dim: int) -> tuple[int, int] | None:
   if len(shape) < 2:
     return None
-  m, n = 1, shape[-1]
-  for d in shape[:-1]:
-    m *= d
+  m, n = math.prod(shape[:-1]), shape[-1]
   return (m, n) if max(m, n) <= max_dim and min(m, n) > 1 else None
 
 
