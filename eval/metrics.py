@@ -244,16 +244,30 @@ def iqm(x: Sequence[float]) -> float:
   Uses the fractional-weight definition, so it is well defined for any n >= 1. `inf`
   values are allowed (they sort last).
   """
-  v = np.sort(np.asarray(x, dtype=np.float64).ravel())
-  n = v.size
-  if n == 0:
-    return float("nan")
-  lo, hi = 0.25 * n, 0.75 * n
-  # weight of element i = length of [i, i+1) ∩ [lo, hi)
-  idx = np.arange(n)
-  w = np.clip(np.minimum(idx + 1, hi) - np.maximum(idx, lo), 0.0, None)
-  nz = w > 0
-  return float(np.sum(w[nz] * v[nz]) / np.sum(w[nz]))
+  v = np.asarray(x, dtype=np.float64).ravel()
+  return float(_iqm_rows(v[None])[0]) if v.size else float("nan")
+
+
+def _iqm_rows(a: np.ndarray) -> np.ndarray:
+  """`iqm` of each row of `a` [B, n] (the same weights and sums as `iqm`)."""
+  a = np.sort(a, axis=1)
+  n = a.shape[1]
+  idx = np.arange(n)  # weight of element i = length of [i, i+1) ∩ [n/4, 3n/4)
+  w = np.clip(np.minimum(idx + 1, 0.75 * n) - np.maximum(idx, 0.25 * n), 0.0, None)
+  total = np.zeros(a.shape[0])
+  for j in np.flatnonzero(w):  # one summation order whatever the number of rows
+    total += w[j] * a[:, j]
+  return total / np.sum(w)
+
+
+def _rowwise(stat: Callable[[np.ndarray], float], a: np.ndarray) -> np.ndarray:
+  """`stat` of each row of `a` [B, n]; one numpy call for the common statistics (2,000
+  Python calls took ~0.03 s per interval, most of a small benchmark's report)."""
+  if stat is np.median or stat is np.mean:
+    return stat(a, axis=1).astype(np.float64)
+  if stat is iqm:
+    return _iqm_rows(a)
+  return np.array([stat(row) for row in a], dtype=np.float64)
 
 
 def geometric_mean(x: Sequence[float]) -> float:
@@ -305,7 +319,7 @@ def bootstrap_ci(x: Sequence[float], stat: Callable[[np.ndarray], float] = np.me
       members = np.flatnonzero(g == label)
       cols.append(members[rng.integers(0, members.size, size=(num_resamples, members.size))])
     idx = np.concatenate(cols, axis=1)
-  stats = np.array([stat(v[row]) for row in idx], dtype=np.float64)
+  stats = _rowwise(stat, v[idx])
   a = (1.0 - confidence) / 2.0
   with np.errstate(invalid="ignore"):
     lo, hi = np.quantile(stats, [a, 1.0 - a], method="linear")
