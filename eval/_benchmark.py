@@ -217,8 +217,12 @@ def run_benchmark(suite: str = "demo", optimizers: str | Sequence[str] = "demo",
   rundir.RunDir(out).claim(_jobs.to_jsonable(config), keys=_SAME,
                            error=BenchmarkDirMismatchError)
   cache = tuning_dir.parent / "jax_cache" if compile_cache else None
+  programs = None
+  if vectorise:  # the tuning and benchmark stages of a task share compiled programs
+    from lopt import training
+    programs = training.Programs()
   run = dict(workers=workers, progress=progress, compile_cache=cache, local_tasks=local,
-             vectorise=vectorise)
+             vectorise=vectorise, programs=programs)
 
   # 1. Tuning trials (cached across benchmarks, keyed by every input).
   plans = {(e.name, s.label): _tuning.plan(

@@ -194,14 +194,14 @@ def _safe_run(job: dict) -> tuple[dict, str | None]:
     return job, f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=3)}"
 
 
-def _safe_run_group(group: list[dict]) -> list[tuple[dict, str | None]]:
+def _safe_run_group(group: list[dict], programs: Any = None) -> list[tuple[dict, str | None]]:
   """A group as one vmapped program; if that fails, its jobs one by one (so each error
   belongs to its own run)."""
-  if len(group) == 1:
-    return [_safe_run(group[0])]
   from lopt.eval import _vectorised
+  if len(group) == 1 and (programs is None or _vectorised.group_key(group[0]) is None):
+    return [_safe_run(group[0])]
   try:
-    _vectorised.run_group(group)
+    _vectorised.run_group(group, programs=programs)
     return [(j, None) for j in group]
   except Exception:  # noqa: BLE001 - retried one by one, which reports the cause per run
     return [_safe_run(j) for j in group]
@@ -209,7 +209,8 @@ def _safe_run_group(group: list[dict]) -> list[tuple[dict, str | None]]:
 
 def execute(jobs: Iterable[dict], *, workers: int = 1, progress: bool = True,
             desc: str = "runs", compile_cache: str | os.PathLike | None = None,
-            local_tasks: dict | None = None, vectorise: bool = True) -> dict[str, str]:
+            local_tasks: dict | None = None, vectorise: bool = True,
+            programs: Any = None) -> dict[str, str]:
   """Runs the jobs whose output file does not exist yet.
 
   Args:
@@ -221,6 +222,8 @@ def execute(jobs: Iterable[dict], *, workers: int = 1, progress: bool = True,
     local_tasks: {name: Task} of tasks given as objects (sent to the worker processes).
     vectorise: jobs that differ only in seed or learning rate run as one vmapped program
       (`lopt.eval._vectorised`); False: one by one.
+    programs: a `lopt.training.Programs` cache of compiled programs shared with other calls
+      (vectorised runs in this process only; worker processes compile their own).
 
   Returns:
     {output path: error message} for the jobs that failed (their files are not written,
@@ -254,7 +257,7 @@ def execute(jobs: Iterable[dict], *, workers: int = 1, progress: bool = True,
     if todo:
       enable_compile_cache(compile_cache)
     for b in batches:
-      done(_safe_run_group(b))
+      done(_safe_run_group(b, programs if vectorise else None))
   else:
     import concurrent.futures as cf
     import multiprocessing as mp

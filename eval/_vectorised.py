@@ -53,8 +53,9 @@ def groups(jobs: Sequence[dict], max_size: int = MAX_GROUP) -> list[list[dict]]:
   return out
 
 
-def run_group(jobs: Sequence[dict]) -> list[dict]:
-  """Trains a group of jobs (`groups`) as one program and writes each record; returns them."""
+def run_group(jobs: Sequence[dict], *, programs: training.Programs | None = None) -> list[dict]:
+  """Trains a group of jobs (`groups`) as one program and writes each record; returns them.
+  `programs` shares compiled programs with earlier groups (`lopt.training.Programs`)."""
   from lopt.eval import _jobs, _tasks
   j0 = jobs[0]
   task = _tasks.build(j0.get("task_ref") or j0["task"], j0["task"])
@@ -66,7 +67,7 @@ def run_group(jobs: Sequence[dict]) -> list[dict]:
   t0 = time.perf_counter()
   results = training.train_many(task, [tx for tx, _ in made], j0["num_steps"],
                                 seeds=[j["seed"] for j in jobs], eval_every=j0["eval_every"],
-                                eval_params=info0.eval_params)
+                                eval_params=info0.eval_params, programs=programs)
   total = time.perf_counter() - t0
   records = []
   for job, (_, info), res in zip(jobs, made, results):

@@ -16,3 +16,24 @@ def shared_dir() -> pathlib.Path:
     pytest.skip(f"shared folder not found at {SHARED} (set LOPT_SHARED_DIR): golden/pretrained "
                 "data unavailable")
   return SHARED
+
+
+@pytest.fixture
+def trained_runs(monkeypatch) -> list[tuple[str, str, int]]:
+  """Records (task, label, seed) of every benchmark job that trains, one by one or in a
+  vmapped group."""
+  from lopt.eval import _jobs, _vectorised
+  calls = []
+  real_job, real_group = _jobs.run_job, _vectorised.run_group
+
+  def job(j):
+    calls.append((j["task"], j["label"], j["seed"]))
+    return real_job(j)
+
+  def group(js, **kw):
+    calls.extend((j["task"], j["label"], j["seed"]) for j in js)
+    return real_group(js, **kw)
+
+  monkeypatch.setattr(_jobs, "run_job", job)
+  monkeypatch.setattr(_vectorised, "run_group", group)
+  return calls

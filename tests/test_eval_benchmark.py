@@ -30,18 +30,6 @@ def bench(tmp_path_factory):
   compilation_cache.reset_cache()
 
 
-def _count_runs(monkeypatch):
-  calls = []
-  real = _jobs.run_job
-
-  def counting(job):
-    calls.append((job["task"], job["label"], job["seed"]))
-    return real(job)
-
-  monkeypatch.setattr(_jobs, "run_job", counting)
-  return calls
-
-
 def test_results_and_report(bench):
   root, res = bench
   out = root / "out"
@@ -71,10 +59,10 @@ def test_results_and_report(bench):
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
 
 
-def test_resume_skips_finished_runs(bench, monkeypatch):
+def test_resume_skips_finished_runs(bench, trained_runs):
   root, _ = bench
   out = root / "out"
-  calls = _count_runs(monkeypatch)
+  calls = trained_runs
   E.run_benchmark("demo", "adam-tuned,adam", out=out, tuning_dir=root / "cache" / "tuning",
                   plots=False, **KW)
   assert calls == []
@@ -85,9 +73,9 @@ def test_resume_skips_finished_runs(bench, monkeypatch):
   assert len(res["runs"]) == 8
 
 
-def test_tuning_cache_reused_across_benchmarks(bench, monkeypatch, tmp_path):
+def test_tuning_cache_reused_across_benchmarks(bench, trained_runs, tmp_path):
   root, _ = bench
-  calls = _count_runs(monkeypatch)
+  calls = trained_runs
   res = E.run_benchmark("demo", "adam-tuned", out=tmp_path / "other",
                         tuning_dir=root / "cache" / "tuning", report=False,
                         **{**KW, "tasks": TASKS[:1], "seeds": 1})

@@ -18,24 +18,6 @@ KW = dict(seeds=1, eval_every=10, lr_grid=[1e-2, 1e-1], progress=False, plots=Fa
           compile_cache=False, envelope_factor=1)
 
 
-def _count_runs(monkeypatch):
-  """Records every job that trains (one by one or in a vmapped group)."""
-  calls = []
-  real_job, real_group = _jobs.run_job, _vectorised.run_group
-
-  def job(j):
-    calls.append((j["task"], j["label"], j["seed"]))
-    return real_job(j)
-
-  def group(js):
-    calls.extend((j["task"], j["label"], j["seed"]) for j in js)
-    return real_group(js)
-
-  monkeypatch.setattr(_jobs, "run_job", job)
-  monkeypatch.setattr(_vectorised, "run_group", group)
-  return calls
-
-
 def test_user_task_object_spec_and_path(tmp_path):
   task = user_tasks.WavyRegression(name="wavy-obj", hidden=8)
   res = E.run_benchmark(tasks=[task, user_tasks.make()], optimizers="adam-tuned,adam",
@@ -85,8 +67,8 @@ def test_cli_user_tasks(tmp_path, capsys, monkeypatch):
   assert list(out["summary"]["adam-tuned"])[:2] == ["algoperf_score_steps", "hit_rate"]
 
 
-def test_changed_task_under_same_name_is_retuned(tmp_path, monkeypatch):
-  calls = _count_runs(monkeypatch)
+def test_changed_task_under_same_name_is_retuned(tmp_path, trained_runs):
+  calls = trained_runs
   tune = tmp_path / "tune"
   a = user_tasks.WavyRegression(name="same", hidden=16)
   E.run_benchmark(tasks=[a], optimizers="adam-tuned", num_steps=20, out=tmp_path / "1",
@@ -221,12 +203,12 @@ def test_groups_split_by_what_changes_the_program():
   assert sizes == [1, 1, 1, 2]  # adam LR grid together; nadamw's Halton points apart
 
 
-def test_shipped_references_skip_the_reference_grid(tmp_path, monkeypatch):
+def test_shipped_references_skip_the_reference_grid(tmp_path, trained_runs):
   """Tuned-Adam results ship for the demo tasks at the default protocol: benchmarking there
   runs no reference trial; `retune` ignores them."""
   from lopt.eval import _tuning, reference
   assert len(reference.available()) == 3
-  calls = _count_runs(monkeypatch)
+  calls = trained_runs
   res = E.run_benchmark(tasks=["digits-mlp-32"], optimizers="adam-tuned", seeds=1,
                         out=tmp_path / "a", tuning_dir=tmp_path / "tune", progress=False,
                         plots=False, compile_cache=False)

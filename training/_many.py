@@ -18,15 +18,28 @@ Example:
   [50, 50]
   >>> bool(results[1].history["train_loss"][-1] < results[0].history["train_loss"][-1])
   True
+
+Sweeps that come in stages (an LR grid, then the chosen LR's seeds) can share compiled
+programs through a `Programs` cache: a later, smaller group of the same program runs padded
+to an earlier group's size when the padded runs cost less than a compilation.
+
+  >>> from lopt.training import Programs
+  >>> programs = Programs()
+  >>> grid = train_many(QuadraticTask(dim=10), txs, 50, seeds=[0, 0], programs=programs)
+  >>> seeds = train_many(QuadraticTask(dim=10), txs[:1], 50, seeds=[1], programs=programs)
+  >>> programs.compiled, programs.hits  # two chunk lengths and the evaluation, then reused
+  (3, 3)
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import hashlib
 import math
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Hashable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -58,6 +71,79 @@ def _init(task: Task, key: jax.Array) -> Any:
   return task.init(key)
 
 
+@dataclasses.dataclass
+class _Size:
+  """What one group size of a program costs (wall seconds), measured when it ran."""
+  compile_s: float
+  run_step_s: float = math.inf  # per run and step, evaluations included
+
+
+class Programs:
+  """Compiled `train_many` programs, kept for later calls in this process.
+
+  A program is found by the text of its lowered computation (and its argument structure),
+  so only a computation identical to one compiled before reuses it: same task shapes and
+  code, same optimizer update, same group size. A group smaller than one compiled before
+  for the same shapes runs padded to that size (copies of its last run, whose results are
+  dropped) when the padded runs are estimated, from the earlier group's measured times, to
+  cost less than compiling anew. Memory grows with the number of distinct programs; use one
+  `Programs` per sweep or benchmark.
+  """
+
+  def __init__(self):
+    self._compiled: dict[str, Any] = {}  # fingerprint of a lowered program -> executable
+    self._sizes: dict[Hashable, dict[int, _Size]] = {}  # shapes -> {group size: costs}
+    self.hits = 0  # programs reused instead of compiled
+    self.compiled = 0  # programs compiled
+
+  def group_size(self, shapes: Hashable, runs: int, num_steps: int) -> int:
+    """The size to run `runs` runs of `num_steps` steps at: a compiled size if padding to
+    it is estimated to be cheaper than a compilation, else `runs`."""
+    sizes = self._sizes.get(shapes, {})
+    if runs in sizes:
+      return runs
+    for n in sorted(k for k in sizes if k > runs):
+      if (n - runs) * num_steps * sizes[n].run_step_s < sizes[n].compile_s:
+        return n
+    return runs
+
+  def compile(self, lowered: dict[Any, Any]) -> tuple[dict[Any, Any], float]:
+    """The executables of `lowered` ({name: jax Lowered}), compiling only the new ones;
+    returns them and the wall seconds spent compiling."""
+    keys = {k: _fingerprint(v) for k, v in lowered.items()}
+    new = {k: v for k, v in lowered.items() if keys[k] not in self._compiled}
+    t0 = time.perf_counter()
+    for k, c in _compile_all(new).items():
+      self._compiled[keys[k]] = c
+    self.hits += len(lowered) - len(new)
+    self.compiled += len(new)
+    return {k: self._compiled[keys[k]] for k in lowered}, time.perf_counter() - t0
+
+  def record(self, shapes: Hashable, size: int, *, compile_s: float | None = None,
+             run_step_s: float | None = None) -> None:
+    """Notes what a group size cost (compilation: only when it was compiled)."""
+    entry = self._sizes.setdefault(shapes, {}).setdefault(size, _Size(0.0))
+    if compile_s is not None:
+      entry.compile_s = max(entry.compile_s, compile_s)
+    if run_step_s is not None:
+      entry.run_step_s = run_step_s
+
+
+def _fingerprint(lowered: Any) -> str:
+  # The computation (constants included) and the pytree structure a call must match.
+  text = lowered.as_text()
+  return hashlib.sha256(f"{lowered.in_tree}|{lowered.out_tree}|{text}".encode()).hexdigest()
+
+
+def _shapes(task: Task, carry: Any, *settings: Any) -> Hashable:
+  """What must match for two groups to possibly share a program, without lowering it."""
+  leaves, tree = jax.tree.flatten((task, carry))
+  return (str(tree), tuple((jnp.shape(x), str(jnp.result_type(x))) for x in leaves), settings)
+
+
+_INIT_THREAD = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lopt-init")
+
+
 def _compile_all(lowered: dict[Any, Any]) -> dict[Any, Any]:
   # XLA compiles without the GIL: two at a time overlap on a 2-core CPU (the chunk programs
   # of a conv task and the evaluation).
@@ -71,7 +157,8 @@ def _compile_all(lowered: dict[Any, Any]) -> dict[Any, Any]:
 def train_many(task: Task, optimizers: Sequence[optax.GradientTransformation], num_steps: int,
                *, seeds: Sequence[int], eval_every: int | None = None,
                eval_split: str = "valid", eval_batches: int = 8,
-               eval_params: Callable[[Any, Any], Any] | None = None) -> list[TrainResult]:
+               eval_params: Callable[[Any, Any], Any] | None = None,
+               programs: Programs | None = None) -> list[TrainResult]:
   """Trains one run per `(optimizer, seed)` pair as one vmapped program.
 
   Args:
@@ -82,6 +169,8 @@ def train_many(task: Task, optimizers: Sequence[optax.GradientTransformation], n
     num_steps: steps per run.
     seeds: one seed per run, as `train`'s `seed` (init, batches, eval batches).
     eval_every, eval_split, eval_batches, eval_params: as in `train`.
+    programs: a `Programs` cache shared with other calls: reuse their compiled programs
+      (padding this group to their size when that is cheaper than compiling).
 
   Returns:
     One `TrainResult` per run, in order; `history["wall_time"]` is the group's training time
@@ -94,21 +183,29 @@ def train_many(task: Task, optimizers: Sequence[optax.GradientTransformation], n
     raise ValueError(f"num_steps must be a positive integer, got {num_steps!r}")
   eval_every = min(int(eval_every or max(1, math.ceil(num_steps / 20))), num_steps)
   txs = [optax.with_extra_args_support(t) for t in optimizers]
-  # (init, data, eval) keys per run, split as `train` splits them; indexed on the host.
-  keys = np.asarray(jax.vmap(lambda s: jax.random.split(jax.random.PRNGKey(s), 3))(
-      jnp.asarray(seeds, jnp.uint32)))
-  params = [_init(task, jnp.asarray(k[0])) for k in keys]
-
-  @jax.jit
-  def stack_and_init(params):  # one program instead of hundreds of eager dispatches
-    return _stack(params), _stack([tx.init(p) for tx, p in zip(txs, params)])
-
-  stacked, states = stack_and_init(params)
-  carry = TrainState(stacked, states, jnp.zeros([n], jnp.int32), -jnp.ones([n], jnp.int32))
+  # (init, data, eval) keys per run, split as `train` splits them (the same eager programs).
+  keys = np.stack([np.asarray(jax.random.split(jax.random.PRNGKey(s), 3)) for s in seeds])
+  # A task's first init compiles (~0.5 s on CPU): it runs in a thread while this one lowers
+  # and compiles the group's programs from the parameters' shapes.
+  inits = _INIT_THREAD.submit(lambda ks: [_init(task, jnp.asarray(k)) for k in ks], keys[:, 0])
+  params1 = jax.eval_shape(_init, task, jnp.asarray(keys[0, 0]))
+  runs, shapes = n, None  # copies of the last run may pad the group to a compiled size
+  if programs is not None:
+    carry1 = jax.eval_shape(lambda p: TrainState(p, txs[0].init(p), 0, 0), params1)
+    shapes = _shapes(task, carry1, eval_every, eval_split, eval_batches)
+    n = programs.group_size(shapes, runs, num_steps)
+    txs = txs + [txs[-1]] * (n - runs)
+    keys = np.concatenate([keys, np.repeat(keys[-1:], n - runs, axis=0)])
   data_keys, eval_keys = jnp.asarray(keys[:, 1]), jnp.asarray(keys[:, 2])
 
+  @jax.jit
+  def start(params):  # one program instead of hundreds of eager dispatches
+    return TrainState(_stack(params), _stack([tx.init(p) for tx, p in zip(txs, params)]),
+                      jnp.zeros([n], jnp.int32), -jnp.ones([n], jnp.int32))
+
+  carry = jax.eval_shape(start, [params1] * n)  # shapes only, until the inits are done
   chunk = _make_chunk(txs[0], None)
-  block = _unroll_block(task, params[0])
+  block = _unroll_block(task, params1)
 
   @functools.partial(jax.jit, static_argnames=("length", "unroll"))
   def many(task, carry, keys, length, unroll):
@@ -136,8 +233,16 @@ def train_many(task: Task, optimizers: Sequence[optax.GradientTransformation], n
   lowered = {c: many.lower(task, carry, data_keys, length=c, unroll=c if block else 1)
              for c in sorted({c for calls in plans for c in calls})}
   lowered["eval"] = evaluate.lower(task, carry, eval_keys)
-  compiled = _compile_all(lowered)
+  if programs is None:
+    compiled = _compile_all(lowered)
+  else:
+    compiled, compile_s = programs.compile(lowered)
+    if compile_s > 0:
+      programs.record(shapes, n, compile_s=compile_s)
   evaluate = compiled.pop("eval")
+  params = inits.result()
+  carry = start(params + [params[-1]] * (n - runs))
+  t_start = time.perf_counter()
 
   v, a = evaluate(task, carry, eval_keys)
   valid[:, 0], acc[:, 0], wall[0] = np.asarray(v), np.asarray(a), 0.0
@@ -149,22 +254,24 @@ def train_many(task: Task, optimizers: Sequence[optax.GradientTransformation], n
       carry, part = compiled[c](task, carry, data_keys)
       parts.append(part)  # [n, c]
     losses = np.concatenate([np.asarray(x) for x in jax.block_until_ready(parts)], axis=1)
-    wall[i + 1] = wall[i] + (time.perf_counter() - t0) / n
+    wall[i + 1] = wall[i] + (time.perf_counter() - t0) / runs
     train_loss[:, eval_steps[i]:eval_steps[i + 1]] = losses
     bad = np.asarray(carry.bad_step)
-    stopping = [r for r in range(n) if stop_at[r] is None and bad[r] >= 0]
+    stopping = [r for r in range(runs) if stop_at[r] is None and bad[r] >= 0]
     if stopping:  # one host copy of the last evaluated state for all runs stopping here
       last = list(zip(_rows(previous.params), _rows(previous.opt_state)))
       for r in stopping:
         stop_at[r], bad_steps[r], kept[r] = i, int(bad[r]), last[r]
-    if all(s is not None for s in stop_at):
+    if all(s is not None for s in stop_at[:runs]):
       break
     v, a = evaluate(task, carry, eval_keys)
     valid[:, i + 1], acc[:, i + 1] = np.asarray(v), np.asarray(a)
+  if programs is not None:
+    programs.record(shapes, n, run_step_s=(time.perf_counter() - t_start) / (n * eval_steps[i + 1]))
 
   final_params, final_states = _rows(carry.params), _rows(carry.opt_state)
   results = []
-  for r in range(n):
+  for r in range(runs):
     h = {"train_loss": train_loss[r].copy(), "eval_step": np.asarray(eval_steps, np.int64),
          "valid_loss": valid[r].copy(), "valid_accuracy": acc[r].copy(),
          "wall_time": wall.copy()}

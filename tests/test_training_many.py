@@ -1,0 +1,66 @@
+"""`train_many`'s program cache: reuse across calls, padding, and what must not be reused."""
+
+import numpy as np
+import optax
+import pytest
+
+from lopt.tasks import get_task
+from lopt.training import Programs, train, train_many
+
+
+def _adams(lrs, b1=None):
+  if b1 is None:
+    return [optax.inject_hyperparams(optax.adam)(learning_rate=lr) for lr in lrs]
+  # b1 a constant of the program (inject_hyperparams would make it state, like the LR)
+  adam = optax.inject_hyperparams(lambda learning_rate: optax.adam(learning_rate, b1=b1))
+  return [adam(learning_rate=lr) for lr in lrs]
+
+
+@pytest.fixture(scope="module")
+def task():
+  return get_task("digits-mlp-32")
+
+
+def _close(a, b):
+  for k in ("train_loss", "valid_loss", "valid_accuracy"):
+    np.testing.assert_allclose(a.history[k], b.history[k], rtol=2e-4, atol=1e-6, err_msg=k)
+
+
+def test_a_smaller_later_group_reuses_the_grid_program_padded(task):
+  """An LR grid (4 runs), then 2 seed runs of the same program: the second call compiles
+  nothing (it runs padded to 4, the copies dropped) and each run gets its own numbers."""
+  programs = Programs()
+  grid = train_many(task, _adams([1e-3, 3e-3, 1e-2, 3e-2]), 40, seeds=[0] * 4, eval_every=10,
+                    programs=programs)
+  compiled = programs.compiled
+  assert compiled == 2 and programs.hits == 0  # one chunk length and the evaluation
+  runs = train_many(task, _adams([1e-2, 3e-3]), 20, seeds=[1, 2], eval_every=10,
+                    programs=programs)
+  assert programs.compiled == compiled and programs.hits == 2
+  assert len(grid) == 4 and len(runs) == 2 and [r.steps_done for r in runs] == [20, 20]
+  for r, lr, seed in zip(runs, (1e-2, 3e-3), (1, 2)):
+    _close(r, train(task, optax.adam(lr), 20, seed=seed, eval_every=10, progress=False))
+
+
+def test_no_padding_when_the_padded_runs_would_cost_more_than_compiling():
+  programs = Programs()
+  programs.record("shapes", 8, compile_s=1.0, run_step_s=1e-3)
+  assert programs.group_size("shapes", 8, 100) == 8
+  assert programs.group_size("shapes", 6, 100) == 8  # 2 runs x 100 steps x 1 ms < 1 s
+  assert programs.group_size("shapes", 2, 1000) == 2  # 6 s of padding > 1 s of compiling
+  assert programs.group_size("other", 2, 10) == 2
+
+
+def test_a_different_constant_is_a_different_program(task):
+  """Same shapes, different update (Adam's b1 is a constant of the program): compiled anew,
+  never reused."""
+  programs = Programs()
+  train_many(task, _adams([1e-3, 1e-2], b1=0.9), 10, seeds=[0, 0], eval_every=10,
+             programs=programs)
+  first = programs.compiled
+  out = train_many(task, _adams([1e-3, 1e-2], b1=0.5), 10, seeds=[0, 0], eval_every=10,
+                   programs=programs)
+  assert programs.hits == 1  # only the evaluation, which does not involve the optimizer
+  assert programs.compiled == first + 1
+  _close(out[1], train(task, optax.adam(1e-2, b1=0.5), 10, seed=0, eval_every=10,
+                       progress=False))
