@@ -8,6 +8,7 @@ this process or in a pool of worker processes.
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import json
 import math
 import os
@@ -123,7 +124,8 @@ def run_job(job: dict) -> dict:
   t0 = time.perf_counter()
   result = training.train(task, tx, job["num_steps"], seed=job["seed"],
                           eval_every=job["eval_every"], progress=False,
-                          eval_params=info.eval_params, needs_gradients=info.needs_gradients, hooks=info.hooks)
+                          eval_params=info.eval_params, needs_gradients=info.needs_gradients,
+                          hooks=info.hooks)
   record = {
       "job": {k: v for k, v in job.items() if k != "out"},
       "info": info.to_json(),
@@ -194,14 +196,22 @@ def _safe_run(job: dict) -> tuple[dict, str | None]:
     return job, f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=3)}"
 
 
-def _safe_run_group(group: list[dict], programs: Any = None) -> list[tuple[dict, str | None]]:
-  """A group as one vmapped program; if that fails, its jobs one by one (so each error
-  belongs to its own run)."""
+def _vectorisable(group: list[dict], programs: Any) -> bool:
   from lopt.eval import _vectorised
-  if len(group) == 1 and (programs is None or _vectorised.group_key(group[0]) is None):
+  return len(group) > 1 or (programs is not None and _vectorised.group_key(group[0]) is not None)
+
+
+def _safe_run_group(group: list[dict], programs: Any = None, prepared: Any = None
+                    ) -> list[tuple[dict, str | None]]:
+  """A group as one vmapped program (`prepared`: the future of its `prepare_group`, when
+  started ahead); if that fails, its jobs one by one (so each error belongs to its run)."""
+  from lopt.eval import _vectorised
+  if not _vectorisable(group, programs):
     return [_safe_run(group[0])]
   try:
-    _vectorised.run_group(group, programs=programs)
+    run = (prepared.result() if prepared is not None
+           else _vectorised.prepare_group(group, programs=programs))
+    run()
     return [(j, None) for j in group]
   except Exception:  # noqa: BLE001 - retried one by one, which reports the cause per run
     return [_safe_run(j) for j in group]
@@ -256,10 +266,22 @@ def execute(jobs: Iterable[dict], *, workers: int = 1, progress: bool = True,
   if workers <= 1 or len(batches) <= 1:
     if todo:
       enable_compile_cache(compile_cache)
-    for b in batches:
-      done(_safe_run_group(b, programs if vectorise else None))
+    if not vectorise:
+      for b in batches:
+        done(_safe_run_group(b))
+    else:  # the next group is built and compiled in a thread while this one trains
+      from lopt.eval import _vectorised
+      with cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="lopt-prepare") as ahead:
+        def prepare(b):
+          if not _vectorisable(b, programs):
+            return None
+          return ahead.submit(_vectorised.prepare_group, b, programs=programs)
+
+        upcoming = prepare(batches[0]) if batches else None
+        for i, b in enumerate(batches):
+          current, upcoming = upcoming, prepare(batches[i + 1]) if i + 1 < len(batches) else None
+          done(_safe_run_group(b, programs, prepared=current))
   else:
-    import concurrent.futures as cf
     import multiprocessing as mp
     with cf.ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"),
                                 initializer=_worker_init,

@@ -18,7 +18,7 @@ size (the amortised time per run), and `vectorised` says the group size.
 from __future__ import annotations
 
 import time
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from lopt import training
 
@@ -53,9 +53,12 @@ def groups(jobs: Sequence[dict], max_size: int = MAX_GROUP) -> list[list[dict]]:
   return out
 
 
-def run_group(jobs: Sequence[dict], *, programs: training.Programs | None = None) -> list[dict]:
-  """Trains a group of jobs (`groups`) as one program and writes each record; returns them.
-  `programs` shares compiled programs with earlier groups (`lopt.training.Programs`)."""
+def prepare_group(jobs: Sequence[dict], *, programs: training.Programs | None = None
+                  ) -> Callable[[], list[dict]]:
+  """Builds, compiles and initialises a group of jobs (`groups`) as one program; returns the
+  function that trains it and writes each record (and returns them). `programs` shares
+  compiled programs with other groups (`lopt.training.Programs`). Preparing the next group
+  in a thread while one trains overlaps compilation with training (`_jobs.execute`)."""
   from lopt.eval import _jobs, _tasks
   j0 = jobs[0]
   task = _tasks.build(j0.get("task_ref") or j0["task"], j0["task"])
@@ -65,16 +68,28 @@ def run_group(jobs: Sequence[dict], *, programs: training.Programs | None = None
   if info0.needs_gradients is not None:
     raise ValueError(f"{j0['optimizer']!r} skips gradients on some steps: run it alone")
   t0 = time.perf_counter()
-  results = training.train_many(task, [tx for tx, _ in made], j0["num_steps"],
+  train = training.prepare_many(task, [tx for tx, _ in made], j0["num_steps"],
                                 seeds=[j["seed"] for j in jobs], eval_every=j0["eval_every"],
                                 eval_params=info0.eval_params, programs=programs)
-  total = time.perf_counter() - t0
-  records = []
-  for job, (_, info), res in zip(jobs, made, results):
-    record = {"job": {k: v for k, v in job.items() if k != "out"}, "info": info.to_json(),
-              "history": res.history, "steps_done": int(res.steps_done),
-              "stopped": res.stopped, "elapsed_s": total / len(jobs),
-              "vectorised": len(jobs)}
-    _jobs.write_json(job["out"], record)
-    records.append(record)
-  return records
+  prepared_s = time.perf_counter() - t0
+
+  def run() -> list[dict]:
+    t0 = time.perf_counter()
+    results = train()
+    total = prepared_s + time.perf_counter() - t0
+    records = []
+    for job, (_, info), res in zip(jobs, made, results):
+      record = {"job": {k: v for k, v in job.items() if k != "out"}, "info": info.to_json(),
+                "history": res.history, "steps_done": int(res.steps_done),
+                "stopped": res.stopped, "elapsed_s": total / len(jobs),
+                "vectorised": len(jobs)}
+      _jobs.write_json(job["out"], record)
+      records.append(record)
+    return records
+
+  return run
+
+
+def run_group(jobs: Sequence[dict], *, programs: training.Programs | None = None) -> list[dict]:
+  """Trains a group of jobs (`groups`) as one program and writes each record; returns them."""
+  return prepare_group(jobs, programs=programs)()

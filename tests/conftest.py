@@ -24,7 +24,7 @@ def trained_runs(monkeypatch) -> list[tuple[str, str, int]]:
   vmapped group."""
   from lopt.eval import _jobs, _vectorised
   calls = []
-  real_job, real_group = _jobs.run_job, _vectorised.run_group
+  real_job, real_group = _jobs.run_job, _vectorised.prepare_group
 
   def job(j):
     calls.append((j["task"], j["label"], j["seed"]))
@@ -35,5 +35,5 @@ def trained_runs(monkeypatch) -> list[tuple[str, str, int]]:
     return real_group(js, **kw)
 
   monkeypatch.setattr(_jobs, "run_job", job)
-  monkeypatch.setattr(_vectorised, "run_group", group)
+  monkeypatch.setattr(_vectorised, "prepare_group", group)
   return calls

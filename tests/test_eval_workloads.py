@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from lopt import eval as E
+from lopt import training
 from lopt.eval import _jobs, _tasks, _vectorised
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
@@ -221,3 +222,28 @@ def test_shipped_references_skip_the_reference_grid(tmp_path, trained_runs):
   p = _tuning.plan(E.parse_spec("adam-tuned"), e, tuning_dir=tmp_path / "x", horizon=2000,
                    num_seeds=2)  # another protocol: another hash, nothing shipped
   assert not reference.install(p)
+
+
+def test_groups_prepared_ahead_and_a_failing_group_retried_one_by_one(tmp_path, monkeypatch):
+  """`execute` builds the next group while one trains; a group whose preparation fails runs
+  its jobs one by one, so each run still gets its record (or its own error)."""
+  e = _tasks.resolve(["digits-mlp-32"], num_steps=12)[0]
+  jobs = [_jobs.make_job(task=e.name, task_ref=e.ref, fingerprint=e.fingerprint, num_steps=12,
+                         optimizer=opt, label=opt, seed=s, hparams={"learning_rate": 1e-2},
+                         eval_every=6, out=tmp_path / f"{opt}_{s}.json")
+          for opt in ("adam", "sgd_nesterov") for s in (0, 1)]
+  real, prepared, alone = _vectorised.prepare_group, [], []
+
+  def prepare(group, **kw):
+    prepared.append(group[0]["optimizer"])
+    if group[0]["optimizer"] == "sgd_nesterov":
+      raise RuntimeError("cannot vectorise")
+    return real(group, **kw)
+
+  real_job = _jobs.run_job
+  monkeypatch.setattr(_vectorised, "prepare_group", prepare)
+  monkeypatch.setattr(_jobs, "run_job", lambda j: alone.append(j["optimizer"]) or real_job(j))
+  assert _jobs.execute(jobs, progress=False, programs=training.Programs()) == {}
+  assert prepared == ["adam", "sgd_nesterov"] and alone == ["sgd_nesterov"] * 2
+  for j in jobs:
+    assert _jobs.load_record(j["out"])["steps_done"] == 12

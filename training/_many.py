@@ -154,27 +154,17 @@ def _compile_all(lowered: dict[Any, Any]) -> dict[Any, Any]:
     return {k: f.result() for k, f in futures.items()}
 
 
-def train_many(task: Task, optimizers: Sequence[optax.GradientTransformation], num_steps: int,
-               *, seeds: Sequence[int], eval_every: int | None = None,
-               eval_split: str = "valid", eval_batches: int = 8,
-               eval_params: Callable[[Any, Any], Any] | None = None,
-               programs: Programs | None = None) -> list[TrainResult]:
-  """Trains one run per `(optimizer, seed)` pair as one vmapped program.
+def prepare_many(task: Task, optimizers: Sequence[optax.GradientTransformation],
+                 num_steps: int, *, seeds: Sequence[int], eval_every: int | None = None,
+                 eval_split: str = "valid", eval_batches: int = 8,
+                 eval_params: Callable[[Any, Any], Any] | None = None,
+                 programs: Programs | None = None) -> Callable[[], list[TrainResult]]:
+  """`train_many` in two steps: builds, compiles and initialises the group now, and returns
+  the function that trains it. A caller can prepare the next group (in a thread) while this
+  one trains: compilation is mostly single-threaded, so on a CPU it overlaps with training.
 
-  Args:
-    task: the task.
-    optimizers: one optax transform per run. They must share one update program: the same
-      transform, differing only in the values of their states (hyperparameters injected with
-      `optax.inject_hyperparams`); the first one's update is used for every run.
-    num_steps: steps per run.
-    seeds: one seed per run, as `train`'s `seed` (init, batches, eval batches).
-    eval_every, eval_split, eval_batches, eval_params: as in `train`.
-    programs: a `Programs` cache shared with other calls: reuse their compiled programs
-      (padding this group to their size when that is cheaper than compiling).
-
-  Returns:
-    One `TrainResult` per run, in order; `history["wall_time"]` is the group's training time
-    divided by the number of runs (the amortised time per run).
+  Arguments as `train_many`. The returned function takes no arguments and returns what
+  `train_many` returns; call it once.
   """
   n = len(optimizers)
   if n == 0 or n != len(seeds):
@@ -220,13 +210,6 @@ def train_many(task: Task, optimizers: Sequence[optax.GradientTransformation], n
 
   eval_steps = list(range(0, num_steps, eval_every)) + [num_steps]
   E = len(eval_steps)
-  train_loss = np.full([n, num_steps], np.nan, np.float32)
-  valid = np.full([n, E], np.nan, np.float32)
-  acc = np.full([n, E], np.nan, np.float32)
-  wall = np.full([E], np.nan, np.float64)
-  stop_at: list[int | None] = [None] * n  # the chunk index in which a run stopped
-  bad_steps = [-1] * n
-  kept: list[Any] = [None] * n  # (params, opt_state) of the last finite eval of stopped runs
 
   # Every program of the group, compiled up front (outside the timed region), two at a time.
   plans = [_blocks(eval_steps[i + 1] - eval_steps[i], block) for i in range(E - 1)]
@@ -241,51 +224,91 @@ def train_many(task: Task, optimizers: Sequence[optax.GradientTransformation], n
       programs.record(shapes, n, compile_s=compile_s)
   evaluate = compiled.pop("eval")
   params = inits.result()
-  carry = start(params + [params[-1]] * (n - runs))
-  t_start = time.perf_counter()
+  carry0 = start(params + [params[-1]] * (n - runs))
 
-  v, a = evaluate(task, carry, eval_keys)
-  valid[:, 0], acc[:, 0], wall[0] = np.asarray(v), np.asarray(a), 0.0
-  for i, calls in enumerate(plans):
-    previous = carry
-    t0 = time.perf_counter()
-    parts = []
-    for c in calls:
-      carry, part = compiled[c](task, carry, data_keys)
-      parts.append(part)  # [n, c]
-    losses = np.concatenate([np.asarray(x) for x in jax.block_until_ready(parts)], axis=1)
-    wall[i + 1] = wall[i] + (time.perf_counter() - t0) / runs
-    train_loss[:, eval_steps[i]:eval_steps[i + 1]] = losses
-    bad = np.asarray(carry.bad_step)
-    stopping = [r for r in range(runs) if stop_at[r] is None and bad[r] >= 0]
-    if stopping:  # one host copy of the last evaluated state for all runs stopping here
-      last = list(zip(_rows(previous.params), _rows(previous.opt_state)))
-      for r in stopping:
-        stop_at[r], bad_steps[r], kept[r] = i, int(bad[r]), last[r]
-    if all(s is not None for s in stop_at[:runs]):
-      break
+  def train() -> list[TrainResult]:
+    carry = carry0
+    train_loss = np.full([n, num_steps], np.nan, np.float32)
+    valid = np.full([n, E], np.nan, np.float32)
+    acc = np.full([n, E], np.nan, np.float32)
+    wall = np.full([E], np.nan, np.float64)
+    stop_at: list[int | None] = [None] * n  # the chunk index in which a run stopped
+    bad_steps = [-1] * n
+    kept: list[Any] = [None] * n  # (params, opt_state) at the last finite eval of a stopped run
+    t_start = time.perf_counter()
+
     v, a = evaluate(task, carry, eval_keys)
-    valid[:, i + 1], acc[:, i + 1] = np.asarray(v), np.asarray(a)
-  if programs is not None:
-    programs.record(shapes, n, run_step_s=(time.perf_counter() - t_start) / (n * eval_steps[i + 1]))
+    valid[:, 0], acc[:, 0], wall[0] = np.asarray(v), np.asarray(a), 0.0
+    for i, calls in enumerate(plans):
+      previous = carry
+      t0 = time.perf_counter()
+      parts = []
+      for c in calls:
+        carry, part = compiled[c](task, carry, data_keys)
+        parts.append(part)  # [n, c]
+      losses = np.concatenate([np.asarray(x) for x in jax.block_until_ready(parts)], axis=1)
+      wall[i + 1] = wall[i] + (time.perf_counter() - t0) / runs
+      train_loss[:, eval_steps[i]:eval_steps[i + 1]] = losses
+      bad = np.asarray(carry.bad_step)
+      stopping = [r for r in range(runs) if stop_at[r] is None and bad[r] >= 0]
+      if stopping:  # one host copy of the last evaluated state for all runs stopping here
+        last = list(zip(_rows(previous.params), _rows(previous.opt_state)))
+        for r in stopping:
+          stop_at[r], bad_steps[r], kept[r] = i, int(bad[r]), last[r]
+      if all(s is not None for s in stop_at[:runs]):
+        break
+      v, a = evaluate(task, carry, eval_keys)
+      valid[:, i + 1], acc[:, i + 1] = np.asarray(v), np.asarray(a)
+    if programs is not None:
+      per_step = (time.perf_counter() - t_start) / (n * eval_steps[i + 1])
+      programs.record(shapes, n, run_step_s=per_step)
 
-  final_params, final_states = _rows(carry.params), _rows(carry.opt_state)
-  results = []
-  for r in range(runs):
-    h = {"train_loss": train_loss[r].copy(), "eval_step": np.asarray(eval_steps, np.int64),
-         "valid_loss": valid[r].copy(), "valid_accuracy": acc[r].copy(),
-         "wall_time": wall.copy()}
-    stopped, steps_done = None, num_steps
-    if stop_at[r] is None:
-      p, s = final_params[r], final_states[r]
-    else:
-      i = stop_at[r]
-      p, s = kept[r]
-      h["train_loss"][bad_steps[r]:] = np.nan
-      stopped = (f"non-finite loss at step {bad_steps[r]}; stopped and kept the params of "
-                 f"step {eval_steps[i]}")
-      for k in ("eval_step", "valid_loss", "valid_accuracy", "wall_time"):
-        h[k] = h[k][:i + 1]
-      steps_done = eval_steps[i]
-    results.append(TrainResult(p, s, h, steps_done, stopped))
-  return results
+    final_params, final_states = _rows(carry.params), _rows(carry.opt_state)
+    results = []
+    for r in range(runs):
+      h = {"train_loss": train_loss[r].copy(), "eval_step": np.asarray(eval_steps, np.int64),
+           "valid_loss": valid[r].copy(), "valid_accuracy": acc[r].copy(),
+           "wall_time": wall.copy()}
+      stopped, steps_done = None, num_steps
+      if stop_at[r] is None:
+        p, s = final_params[r], final_states[r]
+      else:
+        i = stop_at[r]
+        p, s = kept[r]
+        h["train_loss"][bad_steps[r]:] = np.nan
+        stopped = (f"non-finite loss at step {bad_steps[r]}; stopped and kept the params of "
+                   f"step {eval_steps[i]}")
+        for k in ("eval_step", "valid_loss", "valid_accuracy", "wall_time"):
+          h[k] = h[k][:i + 1]
+        steps_done = eval_steps[i]
+      results.append(TrainResult(p, s, h, steps_done, stopped))
+    return results
+
+  return train
+
+
+def train_many(task: Task, optimizers: Sequence[optax.GradientTransformation], num_steps: int,
+               *, seeds: Sequence[int], eval_every: int | None = None,
+               eval_split: str = "valid", eval_batches: int = 8,
+               eval_params: Callable[[Any, Any], Any] | None = None,
+               programs: Programs | None = None) -> list[TrainResult]:
+  """Trains one run per `(optimizer, seed)` pair as one vmapped program.
+
+  Args:
+    task: the task.
+    optimizers: one optax transform per run. They must share one update program: the same
+      transform, differing only in the values of their states (hyperparameters injected with
+      `optax.inject_hyperparams`); the first one's update is used for every run.
+    num_steps: steps per run.
+    seeds: one seed per run, as `train`'s `seed` (init, batches, eval batches).
+    eval_every, eval_split, eval_batches, eval_params: as in `train`.
+    programs: a `Programs` cache shared with other calls: reuse their compiled programs
+      (padding this group to their size when that is cheaper than compiling).
+
+  Returns:
+    One `TrainResult` per run, in order; `history["wall_time"]` is the group's training time
+    divided by the number of runs (the amortised time per run).
+  """
+  return prepare_many(task, optimizers, num_steps, seeds=seeds, eval_every=eval_every,
+                      eval_split=eval_split, eval_batches=eval_batches,
+                      eval_params=eval_params, programs=programs)()
