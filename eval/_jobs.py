@@ -269,7 +269,8 @@ def execute(jobs: Iterable[dict], *, workers: int = 1, progress: bool = True,
     if not vectorise:
       for b in batches:
         done(_safe_run_group(b))
-    else:  # the next group is built and compiled in a thread while this one trains
+    else:  # the next group is built and compiled in a thread while this one trains (so
+      # two groups' states are in memory at a time)
       from lopt.eval import _vectorised
       with cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="lopt-prepare") as ahead:
         def prepare(b):

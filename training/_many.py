@@ -21,7 +21,9 @@ Example:
 
 Sweeps that come in stages (an LR grid, then the chosen LR's seeds) can share compiled
 programs through a `Programs` cache: a later, smaller group of the same program runs padded
-to an earlier group's size when the padded runs cost less than a compilation.
+to an earlier group's size when the padded runs cost less than a compilation. `prepare_many`
+compiles a group and returns the function that trains it, so the next group can compile
+while one trains.
 
   >>> from lopt.training import Programs
   >>> programs = Programs()
@@ -66,8 +68,8 @@ def _rows(tree: Any) -> list[Any]:
 @jax.jit
 def _init(task: Task, key: jax.Array) -> Any:
   # One compiled init per task shape, shared by every run and group of the task (the task is
-  # an argument, so rebuilt tasks hit the same cache entry); eager init dispatches dozens of
-  # small ops per run (~0.09 s each on CPU).
+  # an argument, so rebuilt tasks hit the same cache entry) and compiled in a thread beside
+  # the group's programs (`prepare_many`); eager init would compile its ops one by one.
   return task.init(key)
 
 
@@ -147,7 +149,7 @@ _INIT_THREAD = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lopt-init")
 def _compile_all(lowered: dict[Any, Any]) -> dict[Any, Any]:
   # XLA compiles without the GIL: two at a time overlap on a 2-core CPU (the chunk programs
   # of a conv task and the evaluation).
-  if len(lowered) == 1:
+  if len(lowered) <= 1:
     return {k: v.compile() for k, v in lowered.items()}
   with ThreadPoolExecutor(max_workers=2) as pool:
     futures = {k: pool.submit(v.compile) for k, v in lowered.items()}
