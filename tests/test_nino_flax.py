@@ -70,7 +70,7 @@ class NnxConv(nnx.Module):
 
 def test_nnx_mlp_and_convnet_graphs_match_haiku():
   for model, haiku in ((NnxMLP(nnx.Rngs(0)), _haiku_mlp()), (NnxConv(nnx.Rngs(0)), _haiku_conv())):
-    for tree in (nnx.state(model, nnx.Param), nnx.state(model, nnx.Param).to_pure_dict()):
+    for tree in (nnx.state(model, nnx.Param), nnx.to_pure_dict(nnx.state(model, nnx.Param))):
       _same_graph(nino.build_graph(tree), nino.build_graph(haiku))
 
 
