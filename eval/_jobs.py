@@ -99,7 +99,7 @@ def make_optimizer(name: str, *, num_steps: int, checkpoint: str | None = None,
 
   import optax
 
-  from lopt import optimizers, training
+  from lopt import optimizers
   if name in LINEAR_IN_LR and name in optimizers.BASELINES and checkpoint is None:
     lr = float(hparams.pop("learning_rate",
                            optimizers.BASELINES[name].defaults.get("learning_rate", 1.0)))
