@@ -7,7 +7,8 @@ program) and once with `vectorise=False`. Prints both wall-clock times, checks t
 ways chose the same tuned learning rates, prints the CPU-time ratio (less disturbed by other
 jobs on a shared machine) and ends with `vectorised/sequential speedup: N.NN` (wall clock).
 
-Usage (from the directory above the `lopt` package, about 5-15 minutes on 2 CPU cores):
+Usage (from the directory above the `lopt` package; the demo suite takes about a minute on 2
+CPU cores, held-out tasks minutes to hours):
 
     python -m lopt.benchmarks.benchmark_throughput
     python -m lopt.benchmarks.benchmark_throughput --budget-scale 0.2    # a quick look
