@@ -57,12 +57,11 @@ def _stack(trees: Sequence[Any]) -> Any:
   return jax.tree.map(lambda *x: jnp.stack(x), *trees)
 
 
-def _rows(tree: Any) -> list[Any]:
-  """Per-run trees of a batched tree, sliced on the host: eager device slicing compiles a
+def _rows(tree: Any, rows: Sequence[int]) -> dict[int, Any]:
+  """{r: run r's tree} of a batched tree, sliced on the host: eager device slicing compiles a
   program per leaf shape (dozens per group on CPU)."""
   host = jax.device_get(tree)
-  n = len(jax.tree.leaves(host)[0])
-  return [jax.tree.map(lambda x: jnp.asarray(x[r]), host) for r in range(n)]
+  return {r: jax.tree.map(lambda x: jnp.asarray(x[r]), host) for r in rows}
 
 
 @jax.jit
@@ -254,9 +253,10 @@ def prepare_many(task: Task, optimizers: Sequence[optax.GradientTransformation],
       bad = np.asarray(carry.bad_step)
       stopping = [r for r in range(runs) if stop_at[r] is None and bad[r] >= 0]
       if stopping:  # one host copy of the last evaluated state for all runs stopping here
-        last = list(zip(_rows(previous.params), _rows(previous.opt_state)))
+        last_params, last_states = (_rows(previous.params, stopping),
+                                    _rows(previous.opt_state, stopping))
         for r in stopping:
-          stop_at[r], bad_steps[r], kept[r] = i, int(bad[r]), last[r]
+          stop_at[r], bad_steps[r], kept[r] = i, int(bad[r]), (last_params[r], last_states[r])
       if all(s is not None for s in stop_at[:runs]):
         break
       v, a = evaluate(task, carry, eval_keys)
@@ -265,7 +265,8 @@ def prepare_many(task: Task, optimizers: Sequence[optax.GradientTransformation],
       per_step = (time.perf_counter() - t_start) / (n * eval_steps[i + 1])
       programs.record(shapes, n, run_step_s=per_step)
 
-    final_params, final_states = _rows(carry.params), _rows(carry.opt_state)
+    going = [r for r in range(runs) if stop_at[r] is None]  # padded copies are not copied out
+    final_params, final_states = _rows(carry.params, going), _rows(carry.opt_state, going)
     results = []
     for r in range(runs):
       h = {"train_loss": train_loss[r].copy(), "eval_step": np.asarray(eval_steps, np.int64),
