@@ -1,5 +1,6 @@
 """`train_many`'s program cache: reuse across calls, padding, and what must not be reused."""
 
+import jax
 import numpy as np
 import optax
 import pytest
@@ -64,3 +65,39 @@ def test_a_different_constant_is_a_different_program(task):
   assert programs.compiled == first + 1
   _close(out[1], train(task, optax.adam(1e-2, b1=0.5), 10, seed=0, eval_every=10,
                        progress=False))
+
+
+def test_which_groups_run_one_by_one_on_cpu():
+  """On CPU, losses with convolutions or loops run one after another (XLA:CPU's batched
+  kernels cost more per run there); MLPs and transformers stay vmapped."""
+  from lopt.training import _many
+  assert jax.default_backend() == "cpu"
+  for name, one_by_one in [("digits-conv-8-16", True), ("pycode-lstm-64", True),
+                           ("digits-mlp-32", False), ("pycode-transformer-2x32", False)]:
+    t = get_task(name)
+    assert _many._one_by_one_default(t, t.init(jax.random.PRNGKey(0))) is one_by_one, name
+
+
+@pytest.mark.parametrize("name,make,lrs,seeds", [
+    ("digits-conv-8-16", optax.adam, (1e-3, 3e-2), (0,)),  # the CPU default for convolutions
+    ("wavy", optax.sgd, (1e-2, 3.0), (0, 1))])  # 3.0 diverges: it stops, the others go on
+def test_one_by_one_runs_are_trains_runs_to_the_bit(name, make, lrs, seeds):
+  from user_tasks import WavyRegression
+  task = WavyRegression() if name == "wavy" else get_task(name)
+  txs = [optax.inject_hyperparams(make)(learning_rate=lr) for lr in lrs]
+  programs = Programs()
+  pairs = [(tx, s) for s in seeds for tx in txs]
+  out = train_many(task, [tx for tx, _ in pairs], 24, seeds=[s for _, s in pairs],
+                   eval_every=8, vmap=False, programs=programs)
+  assert programs.compiled == 2  # one chunk length and the evaluation, for all runs
+  stopped = 0
+  for r, (tx, seed) in zip(out, pairs):
+    ref = train(task, tx, 24, seed=seed, eval_every=8, progress=False)
+    assert r.steps_done == ref.steps_done and r.stopped == ref.stopped
+    stopped += r.stopped is not None
+    for k in ("train_loss", "valid_loss", "valid_accuracy", "eval_step"):
+      np.testing.assert_array_equal(r.history[k], ref.history[k], err_msg=k)
+    for a, b in zip(jax.tree.leaves(r.params), jax.tree.leaves(ref.params)):
+      np.testing.assert_array_equal(a, b)
+    assert r.history["wall_time"].shape == ref.history["wall_time"].shape
+  assert stopped == (len(seeds) if name == "wavy" else 0)

@@ -168,10 +168,15 @@ def _make_chunk(optimizer: optax.GradientTransformationExtraArgs,
 _CPU_CONV_BLOCK = 8
 
 
-def _has_convolution(task: Task, params: Any) -> bool:
+def _loss_jaxpr(task: Task, params: Any) -> str:
+  """The text of the task loss's jaxpr (nested jaxprs included), to look for primitives."""
   batch = task.abstract_batch
-  jaxpr = jax.make_jaxpr(lambda p, b: task.loss(p, jax.random.PRNGKey(0), b)[0])(params, batch)
-  return "conv_general_dilated" in str(jaxpr)
+  return str(jax.make_jaxpr(lambda p, b: task.loss(p, jax.random.PRNGKey(0), b)[0])(params,
+                                                                                     batch))
+
+
+def _has_convolution(task: Task, params: Any) -> bool:
+  return "conv_general_dilated" in _loss_jaxpr(task, params)
 
 
 def _unroll_block(task: Task, params: Any) -> int | None:

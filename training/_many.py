@@ -1,4 +1,4 @@
-"""Many runs of one task as one compiled program: `train_many`.
+"""Many runs of one task with one compiled program: `train_many`.
 
 Runs that share a task, a budget and an optimizer's update program, and differ only in the
 seed or in values the optimizer keeps in its state (a learning rate set through
@@ -6,7 +6,9 @@ seed or in values the optimizer keeps in its state (a learning rate set through
 dispatch per chunk for the whole sweep instead of one per run. Each run computes what
 `train` computes for it alone (same init, same per-step keys, same freezing after a
 non-finite loss, same history truncation); only the float rounding of batched kernels
-differs.
+differs. Where batched kernels are slower per run than single-run ones (on CPU, models with
+convolutions or loops), the runs go one after another through one compiled single-run
+program instead: one compilation, and `train`'s numbers.
 
 Example:
   >>> import optax
@@ -49,8 +51,8 @@ import numpy as np
 import optax
 
 from lopt.tasks.base import Task
-from lopt.training._loop import (TrainResult, TrainState, _blocks, _eval_fn, _make_chunk,
-                                 _unroll_block)
+from lopt.training._loop import (TrainResult, TrainState, _blocks, _eval_fn, _loss_jaxpr,
+                                 _make_chunk, _unroll_block)
 
 
 def _stack(trees: Sequence[Any]) -> Any:
@@ -155,11 +157,26 @@ def _compile_all(lowered: dict[Any, Any]) -> dict[Any, Any]:
     return {k: f.result() for k, f in futures.items()}
 
 
+# Per run, XLA:CPU's vmapped kernels are slower than the single-run ones on some models
+# (measured with 9 Adam runs on the 2-core dev box, docs/benchmarking.md): 1.26x on the LSTM
+# (batched matmuls in the recurrent loop), 1.44x on 8x8 ConvNets and about 7x on 28x28 ones
+# (a vmapped convolution becomes a grouped one, which XLA:CPU does not hand to its fast
+# convolution kernels). MLPs (0.57-0.8x) and transformers (0.87-0.93x) gain from vmap.
+def _one_by_one_default(task: Task, params: Any) -> bool:
+  """Whether a group runs its runs one after another by default: on CPU, when the loss has a
+  convolution or a loop."""
+  if jax.default_backend() != "cpu":
+    return False
+  text = _loss_jaxpr(task, params)
+  return any(op in text for op in ("conv_general_dilated", "scan[", "while["))
+
+
 def prepare_many(task: Task, optimizers: Sequence[optax.GradientTransformation],
                  num_steps: int, *, seeds: Sequence[int], eval_every: int | None = None,
                  eval_split: str = "valid", eval_batches: int = 8,
                  eval_params: Callable[[Any, Any], Any] | None = None,
-                 programs: Programs | None = None) -> Callable[[], list[TrainResult]]:
+                 programs: Programs | None = None,
+                 vmap: bool | None = None) -> Callable[[], list[TrainResult]]:
   """`train_many` in two steps: builds, compiles and initialises the group now, and returns
   the function that trains it. A caller can prepare the next group (in a thread) while this
   one trains: compilation is mostly single-threaded, so on a CPU it overlaps with training.
@@ -180,9 +197,11 @@ def prepare_many(task: Task, optimizers: Sequence[optax.GradientTransformation],
   # and compiles the group's programs from the parameters' shapes.
   inits = _INIT_THREAD.submit(lambda ks: [_init(task, jnp.asarray(k)) for k in ks], keys[:, 0])
   params1 = jax.eval_shape(_init, task, jnp.asarray(keys[0, 0]))
-  runs, shapes = n, None  # copies of the last run may pad the group to a compiled size
-  if programs is not None:
-    carry1 = jax.eval_shape(lambda p: TrainState(p, txs[0].init(p), 0, 0), params1)
+  one_by_one = _one_by_one_default(task, params1) if vmap is None else not vmap
+  carry1 = jax.eval_shape(lambda p: TrainState(p, txs[0].init(p), jnp.int32(0), jnp.int32(0)),
+                          params1)
+  runs, shapes = n, None  # copies of the last run may pad a vmapped group to a compiled size
+  if programs is not None and not one_by_one:
     shapes = _shapes(task, carry1, eval_every, eval_split, eval_batches)
     n = programs.group_size(shapes, runs, num_steps)
     txs = txs + [txs[-1]] * (n - runs)
@@ -194,87 +213,84 @@ def prepare_many(task: Task, optimizers: Sequence[optax.GradientTransformation],
     return TrainState(_stack(params), _stack([tx.init(p) for tx, p in zip(txs, params)]),
                       jnp.zeros([n], jnp.int32), -jnp.ones([n], jnp.int32))
 
-  carry = jax.eval_shape(start, [params1] * n)  # shapes only, until the inits are done
   chunk = _make_chunk(txs[0], None)
   block = _unroll_block(task, params1)
 
-  @functools.partial(jax.jit, static_argnames=("length", "unroll"))
-  def many(task, carry, keys, length, unroll):
-    return jax.vmap(lambda c, k: chunk(task, c, k, length=length, unroll=unroll))(carry, keys)
+  def one_eval(task, c, k):
+    p = c.params if eval_params is None else eval_params(c.opt_state, c.params)
+    return _eval_fn(task, p, k, eval_split, eval_batches, vectorize=block is not None)
 
-  @jax.jit
-  def evaluate(task, carry, keys):
-    def one(c, k):
-      p = c.params if eval_params is None else eval_params(c.opt_state, c.params)
-      return _eval_fn(task, p, k, eval_split, eval_batches, vectorize=block is not None)
-    return jax.vmap(one)(carry, keys)
+  if one_by_one:  # the single-run programs of `train`, compiled once for all runs
+    many, evaluate, carry, key = chunk, jax.jit(one_eval), carry1, data_keys[0]
+  else:
+    @functools.partial(jax.jit, static_argnames=("length", "unroll"))
+    def many(task, carry, keys, length, unroll):
+      return jax.vmap(lambda c, k: chunk(task, c, k, length=length, unroll=unroll))(carry, keys)
+
+    evaluate = jax.jit(jax.vmap(one_eval, in_axes=(None, 0, 0)))
+    carry, key = jax.eval_shape(start, [params1] * n), data_keys  # shapes only, for now
 
   eval_steps = list(range(0, num_steps, eval_every)) + [num_steps]
   E = len(eval_steps)
 
   # Every program of the group, compiled up front (outside the timed region), two at a time.
   plans = [_blocks(eval_steps[i + 1] - eval_steps[i], block) for i in range(E - 1)]
-  lowered = {c: many.lower(task, carry, data_keys, length=c, unroll=c if block else 1)
+  lowered = {c: many.lower(task, carry, key, length=c, unroll=c if block else 1)
              for c in sorted({c for calls in plans for c in calls})}
-  lowered["eval"] = evaluate.lower(task, carry, eval_keys)
+  lowered["eval"] = evaluate.lower(task, carry, key if one_by_one else eval_keys)
   if programs is None:
     compiled = _compile_all(lowered)
   else:
     compiled, compile_s = programs.compile(lowered)
-    if compile_s > 0:
+    if compile_s > 0 and shapes is not None:
       programs.record(shapes, n, compile_s=compile_s)
   evaluate = compiled.pop("eval")
   params = inits.result()
   carry0 = start(params + [params[-1]] * (n - runs))
+  if one_by_one:
+    group: _Group = _OneByOne(task, compiled, evaluate, carry0, data_keys, eval_keys)
+  else:
+    group = _Vmapped(task, compiled, evaluate, carry0, data_keys, eval_keys, runs)
 
   def train() -> list[TrainResult]:
-    carry = carry0
     train_loss = np.full([n, num_steps], np.nan, np.float32)
     valid = np.full([n, E], np.nan, np.float32)
     acc = np.full([n, E], np.nan, np.float32)
-    wall = np.full([E], np.nan, np.float64)
+    wall = np.zeros([n, E], np.float64)
     stop_at: list[int | None] = [None] * n  # the chunk index in which a run stopped
     bad_steps = [-1] * n
     kept: list[Any] = [None] * n  # (params, opt_state) at the last finite eval of a stopped run
     t_start = time.perf_counter()
 
-    v, a = evaluate(task, carry, eval_keys)
-    valid[:, 0], acc[:, 0], wall[0] = np.asarray(v), np.asarray(a), 0.0
+    live = list(range(runs))
+    valid[:, 0], acc[:, 0] = group.evaluate(live)
     for i, calls in enumerate(plans):
-      previous = carry
-      t0 = time.perf_counter()
-      parts = []
-      for c in calls:
-        carry, part = compiled[c](task, carry, data_keys)
-        parts.append(part)  # [n, c]
-      losses = np.concatenate([np.asarray(x) for x in jax.block_until_ready(parts)], axis=1)
-      wall[i + 1] = wall[i] + (time.perf_counter() - t0) / runs
-      train_loss[:, eval_steps[i]:eval_steps[i + 1]] = losses
-      bad = np.asarray(carry.bad_step)
-      stopping = [r for r in range(runs) if stop_at[r] is None and bad[r] >= 0]
+      previous = group.state
+      train_loss[:, eval_steps[i]:eval_steps[i + 1]], seconds = group.run(calls, live)
+      wall[:, i + 1] = wall[:, i] + seconds
+      bad = group.bad_steps()
+      stopping = [r for r in live if bad[r] >= 0]
       if stopping:  # one host copy of the last evaluated state for all runs stopping here
-        last_params, last_states = (_rows(previous.params, stopping),
-                                    _rows(previous.opt_state, stopping))
+        last = group.rows(previous, stopping)
         for r in stopping:
-          stop_at[r], bad_steps[r], kept[r] = i, int(bad[r]), (last_params[r], last_states[r])
-      if all(s is not None for s in stop_at[:runs]):
+          stop_at[r], bad_steps[r], kept[r] = i, int(bad[r]), last[r]
+        live = [r for r in live if stop_at[r] is None]
+      if not live:
         break
-      v, a = evaluate(task, carry, eval_keys)
-      valid[:, i + 1], acc[:, i + 1] = np.asarray(v), np.asarray(a)
-    if programs is not None:
+      valid[:, i + 1], acc[:, i + 1] = group.evaluate(live)
+    if shapes is not None:
       per_step = (time.perf_counter() - t_start) / (n * eval_steps[i + 1])
       programs.record(shapes, n, run_step_s=per_step)
 
-    going = [r for r in range(runs) if stop_at[r] is None]  # padded copies are not copied out
-    final_params, final_states = _rows(carry.params, going), _rows(carry.opt_state, going)
+    final = group.rows(group.state, live)  # padded copies are not copied out
     results = []
     for r in range(runs):
       h = {"train_loss": train_loss[r].copy(), "eval_step": np.asarray(eval_steps, np.int64),
            "valid_loss": valid[r].copy(), "valid_accuracy": acc[r].copy(),
-           "wall_time": wall.copy()}
+           "wall_time": wall[r].copy()}
       stopped, steps_done = None, num_steps
       if stop_at[r] is None:
-        p, s = final_params[r], final_states[r]
+        p, s = final[r]
       else:
         i = stop_at[r]
         p, s = kept[r]
@@ -290,12 +306,104 @@ def prepare_many(task: Task, optimizers: Sequence[optax.GradientTransformation],
   return train
 
 
+class _Group:
+  """How a prepared group steps, evaluates and reads its runs' state."""
+  state: Any
+
+  def run(self, calls: Sequence[int], live: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Trains the live runs through compiled calls of `calls` steps; returns the losses
+    `[n, sum(calls)]` and the seconds each run took `[n]`."""
+    raise NotImplementedError
+
+  def evaluate(self, live: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    raise NotImplementedError  # (valid loss [n], accuracy [n]); NaN where not evaluated
+
+  def bad_steps(self) -> np.ndarray:
+    raise NotImplementedError  # [n]: the first non-finite step of each run, or -1
+
+  def rows(self, state: Any, rs: Sequence[int]) -> dict[int, tuple[Any, Any]]:
+    raise NotImplementedError  # {r: (params, opt_state)} of `state`
+
+
+class _Vmapped(_Group):
+  """All runs (padded copies included) in one batched state, stepped by vmapped programs;
+  each run is charged the group's time divided by the number of real runs."""
+
+  def __init__(self, task, compiled, evaluate, carry, data_keys, eval_keys, runs):
+    self.task, self.compiled, self._evaluate = task, compiled, evaluate
+    self.state, self.data_keys, self.eval_keys, self.runs = carry, data_keys, eval_keys, runs
+
+  def run(self, calls, live):
+    t0 = time.perf_counter()
+    parts = []
+    for c in calls:
+      self.state, part = self.compiled[c](self.task, self.state, self.data_keys)
+      parts.append(part)  # [n, c]
+    losses = np.concatenate([np.asarray(x) for x in jax.block_until_ready(parts)], axis=1)
+    return losses, (time.perf_counter() - t0) / self.runs
+
+  def evaluate(self, live):
+    v, a = self._evaluate(self.task, self.state, self.eval_keys)
+    return np.asarray(v), np.asarray(a)
+
+  def bad_steps(self):
+    return np.asarray(self.state.bad_step)
+
+  def rows(self, state, rs):
+    params, opt_states = _rows(state.params, rs), _rows(state.opt_state, rs)
+    return {r: (params[r], opt_states[r]) for r in rs}
+
+
+class _OneByOne(_Group):
+  """One state per run, stepped one run after another by the single-run programs (the
+  programs `train` runs, so each run's numbers are `train`'s to the bit); runs that stopped
+  are not stepped further, and each run is charged its own time."""
+
+  def __init__(self, task, compiled, evaluate, carry, data_keys, eval_keys):
+    self.task, self.compiled, self._evaluate = task, compiled, evaluate
+    self.data_keys, self.eval_keys = data_keys, eval_keys
+    n = len(data_keys)
+    host = jax.device_get(carry)  # the batched start state, sliced on the host
+    self.state = [jax.tree.map(lambda x: jnp.asarray(x[r]), host) for r in range(n)]
+
+  def run(self, calls, live):
+    n = len(self.state)
+    losses = np.full([n, sum(calls)], np.nan, np.float32)
+    seconds = np.zeros([n])
+    state = list(self.state)
+    for r in live:
+      t0 = time.perf_counter()
+      parts = []
+      for c in calls:
+        state[r], part = self.compiled[c](self.task, state[r], self.data_keys[r])
+        parts.append(part)
+      losses[r] = np.concatenate([np.asarray(x) for x in jax.block_until_ready(parts)])
+      seconds[r] = time.perf_counter() - t0
+    self.state = state
+    return losses, seconds
+
+  def evaluate(self, live):
+    n = len(self.state)
+    v, a = np.full([n], np.nan, np.float32), np.full([n], np.nan, np.float32)
+    for r in live:
+      v[r], a[r] = (np.asarray(x) for x in self._evaluate(self.task, self.state[r],
+                                                           self.eval_keys[r]))
+    return v, a
+
+  def bad_steps(self):
+    return np.asarray([int(s.bad_step) for s in self.state])
+
+  def rows(self, state, rs):
+    return {r: (state[r].params, state[r].opt_state) for r in rs}
+
+
 def train_many(task: Task, optimizers: Sequence[optax.GradientTransformation], num_steps: int,
                *, seeds: Sequence[int], eval_every: int | None = None,
                eval_split: str = "valid", eval_batches: int = 8,
                eval_params: Callable[[Any, Any], Any] | None = None,
-               programs: Programs | None = None) -> list[TrainResult]:
-  """Trains one run per `(optimizer, seed)` pair as one vmapped program.
+               programs: Programs | None = None, vmap: bool | None = None
+               ) -> list[TrainResult]:
+  """Trains one run per `(optimizer, seed)` pair with one compiled program.
 
   Args:
     task: the task.
@@ -306,12 +414,16 @@ def train_many(task: Task, optimizers: Sequence[optax.GradientTransformation], n
     seeds: one seed per run, as `train`'s `seed` (init, batches, eval batches).
     eval_every, eval_split, eval_batches, eval_params: as in `train`.
     programs: a `Programs` cache shared with other calls: reuse their compiled programs
-      (padding this group to their size when that is cheaper than compiling).
+      (padding a vmapped group to their size when that is cheaper than compiling).
+    vmap: True: the runs as one vmapped program. False: the runs one after another through
+      one compiled single-run program (`train`'s, so their numbers are `train`'s). None
+      (default): vmapped, except on CPU for tasks whose loss has a convolution or a loop,
+      where XLA:CPU's batched kernels cost more per run than the single-run ones.
 
   Returns:
-    One `TrainResult` per run, in order; `history["wall_time"]` is the group's training time
-    divided by the number of runs (the amortised time per run).
+    One `TrainResult` per run, in order; `history["wall_time"]` is the run's own training
+    time one by one, and the group's divided by the number of runs when vmapped.
   """
   return prepare_many(task, optimizers, num_steps, seeds=seeds, eval_every=eval_every,
                       eval_split=eval_split, eval_batches=eval_batches,
-                      eval_params=eval_params, programs=programs)()
+                      eval_params=eval_params, programs=programs, vmap=vmap)()
