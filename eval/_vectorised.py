@@ -1,5 +1,6 @@
 """Vectorised runs: jobs that share a task and an optimizer and differ only in the seed or in
-the learning rate train as one vmapped, compiled program.
+the learning rate train with one compiled program (`lopt.training.train_many`): vmapped, or,
+on CPU for tasks with convolutions or loops, one after another through it.
 
 Which jobs can share a program: the same task, budget, eval interval, optimizer and
 checkpoint, and the same hyperparameters except the seed; for baselines whose update is
@@ -10,9 +11,10 @@ Nowcasting optimizers (`base+nowcaster`) plan their steps on the host and run on
 Each run of a group computes exactly what `lopt.training.train` computes for it alone:
 the same init (`task.init(PRNGKey(seed))` split as `train` does), the same per-step keys
 (`fold_in(key, step)`), the same freezing after a non-finite loss and the same history
-truncation; only float rounding of the batched kernels differs. The wall-clock time of a
-group is shared: each record's `wall_time` and `elapsed_s` are the group's divided by its
-size (the amortised time per run), and `vectorised` says the group size.
+truncation; only float rounding of the batched kernels differs (one by one, nothing does).
+The group's preparation time is shared: each record's `elapsed_s` is the group's time
+divided by its size, and `vectorised` says the group size; `wall_time` is the run's own
+training time one by one, the group's divided by its size when vmapped.
 """
 
 from __future__ import annotations

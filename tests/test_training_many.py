@@ -70,12 +70,11 @@ def test_a_different_constant_is_a_different_program(task):
 def test_which_groups_run_one_by_one_on_cpu():
   """On CPU, losses with convolutions or loops run one after another (XLA:CPU's batched
   kernels cost more per run there); MLPs and transformers stay vmapped."""
-  from lopt.training import _many
+  from lopt.training import one_by_one
   assert jax.default_backend() == "cpu"
-  for name, one_by_one in [("digits-conv-8-16", True), ("pycode-lstm-64", True),
-                           ("digits-mlp-32", False), ("pycode-transformer-2x32", False)]:
-    t = get_task(name)
-    assert _many._one_by_one_default(t, t.init(jax.random.PRNGKey(0))) is one_by_one, name
+  for name, expected in [("digits-conv-8-16", True), ("pycode-lstm-64", True),
+                         ("digits-mlp-32", False), ("pycode-transformer-2x32", False)]:
+    assert one_by_one(get_task(name)) is expected, name
 
 
 @pytest.mark.parametrize("name,make,lrs,seeds", [

@@ -13,12 +13,12 @@ import importlib
 import warnings
 
 from lopt.training._loop import TrainResult, TrainState, evaluate, train, train_step
-from lopt.training._many import Programs, prepare_many, train_many
+from lopt.training._many import Programs, one_by_one, prepare_many, train_many
 from lopt.training._run_dir import RunDirMismatchError, plot_history
 from lopt.training.hooks import StepHooks
 
 __all__ = ["TrainResult", "TrainState", "train", "train_step", "train_many", "prepare_many",
-           "Programs", "evaluate", "StepHooks", "RunDirMismatchError", "plot_history"]
+           "one_by_one", "Programs", "evaluate", "StepHooks", "RunDirMismatchError", "plot_history"]
 
 _MOVED = ("make_optimizer", "OptimizerInfo", "known_names")
 

@@ -163,12 +163,22 @@ def _compile_all(lowered: dict[Any, Any]) -> dict[Any, Any]:
 # (a vmapped convolution becomes a grouped one, which XLA:CPU does not hand to its fast
 # convolution kernels). MLPs (0.57-0.8x) and transformers (0.87-0.93x) gain from vmap.
 def _one_by_one_default(task: Task, params: Any) -> bool:
-  """Whether a group runs its runs one after another by default: on CPU, when the loss has a
-  convolution or a loop."""
   if jax.default_backend() != "cpu":
     return False
   text = _loss_jaxpr(task, params)
   return any(op in text for op in ("conv_general_dilated", "scan[", "while["))
+
+
+def one_by_one(task: Task) -> bool:
+  """Whether `train_many` runs `task`'s groups one after another by default (`vmap=None`):
+  on CPU, when the task's loss has a convolution or a loop; vmapped otherwise.
+
+  Example:
+    >>> from lopt.tasks import get_task
+    >>> one_by_one(get_task("digits-conv-8-16")), one_by_one(get_task("digits-mlp-32"))
+    (True, False)
+  """
+  return _one_by_one_default(task, jax.eval_shape(task.init, jax.random.PRNGKey(0)))
 
 
 def prepare_many(task: Task, optimizers: Sequence[optax.GradientTransformation],
