@@ -100,3 +100,12 @@ def test_one_by_one_runs_are_trains_runs_to_the_bit(name, make, lrs, seeds):
       np.testing.assert_array_equal(a, b)
     assert r.history["wall_time"].shape == ref.history["wall_time"].shape
   assert stopped == (len(seeds) if name == "wavy" else 0)
+
+
+def test_the_batching_benchmark_prints_both_ways_and_the_bound(capsys):
+  from lopt.benchmarks import batching
+  batching.main(["--tasks", "digits-mlp-32", "--runs", "2", "--steps", "4"])
+  out = capsys.readouterr().out.splitlines()
+  row = next(line.split() for line in out if line.startswith("digits-mlp-32 "))
+  assert row[-1] == "vmapped" and float(row[3]) > 0  # the ratio vmapped / one by one
+  assert out[-1].startswith("held-out protocol on these tasks, estimated:")

@@ -124,7 +124,7 @@ def test_speed_benchmarks_run_from_the_package(installed):
   r = run("lopt", "bench", "lopt_step", "--opts", "adam", "--rounds", "1", "--iters", "2",
           "--no-mem")
   assert "adam" in r.stdout
-  for name in ("lopt_step", "meta_throughput", "nowcast_step"):
+  for name in ("lopt_step", "meta_throughput", "nowcast_step", "batching"):
     assert "usage:" in run("python", "-m", f"lopt.benchmarks.{name}", "--help").stdout
 
 
