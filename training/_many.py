@@ -157,11 +157,11 @@ def _compile_all(lowered: dict[Any, Any]) -> dict[Any, Any]:
     return {k: f.result() for k, f in futures.items()}
 
 
-# Per run, XLA:CPU's vmapped kernels are slower than the single-run ones on some models
-# (measured with 9 Adam runs on the 2-core dev box, docs/benchmarking.md): 1.26x on the LSTM
-# (batched matmuls in the recurrent loop), 1.44x on 8x8 ConvNets and about 7x on 28x28 ones
-# (a vmapped convolution becomes a grouped one, which XLA:CPU does not hand to its fast
-# convolution kernels). MLPs (0.57-0.8x) and transformers (0.87-0.93x) gain from vmap.
+# Per run, XLA:CPU's vmapped kernels cost more than the single-run ones on some models
+# (9 Adam runs on the 2-core dev box, docs/benchmarking.md): 1.4-1.7x on 8x8 ConvNets and
+# 5-7x on 28x28 ones (a vmapped convolution becomes a grouped one, which XLA:CPU does not
+# hand to its fast convolution kernels); 0.97-1.26x on the LSTM (batched matmuls inside the
+# recurrent loop: no gain). MLPs and transformers mostly gain from vmap (0.6-0.9x).
 def _one_by_one_default(task: Task, params: Any) -> bool:
   if jax.default_backend() != "cpu":
     return False
