@@ -1,19 +1,20 @@
 #!/usr/bin/env bash
 # The device check for a lent GPU machine (see the device tool README of the workplace): one
-# prepared script, run once, that finishes the held-out benchmark's two largest tasks with
-# the full protocol and, with the time left, the GPU step/meta-training benchmarks.
+# prepared script, run once, that finishes the held-out task the CPU could not (FM-32 with
+# the strong baselines, issue #13), measures the vectorised/sequential speedup of the
+# held-out protocol on the GPU, and, with the time left, the GPU step/meta-training benchmarks.
 #
 #   here:   bash benchmarks/gpu_prepare.sh                      # builds .gpu/ (32 MiB)
 #   device: run(command="bash benchmarks/gpu_check.sh", carry=[".gpu"], timeout_s=600)
 #
-# Every stage runs under `timeout` against one deadline ($GPU_CHECK_SECONDS, default 520 s)
+# Every stage runs under `timeout` against one deadline ($GPU_CHECK_SECONDS, default 560 s)
 # so its results are packed into $OUT before the call's limit. Benchmark runs are resumable:
 # unpack a returned tarball at the repo root and `lopt benchmark` goes on from there.
 #
-# Measured on an H200 on 2026-11-26 (docs/results.md, eval §3d): 12 worker processes sharing
-# the GPU ran at 0.25 s per step each on fmnist-conv-32-64-64 (46 steps/s in all, vs 9 on the
-# 2-core CPU), and one lease finished only 3 tuning trials. These tasks are too small for one
-# process per run; a useful lease needs runs batched with vmap inside one process first.
+# History: on an H200 on 2026-11-26 (eval §3d), 12 worker processes sharing the GPU ran at
+# 0.25 s per step each on fmnist-conv-32-64-64 and one lease finished only 3 tuning trials.
+# Since then a task's LR grid and seeds run as one vmapped program in one process (on a GPU
+# every group is vmapped), which is what this script uses.
 set -u
 T0=$(date +%s)
 DEADLINE=${GPU_CHECK_SECONDS:-560}
@@ -27,7 +28,7 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
 mkdir -p /tmp/pkg && ln -sfn "$PWD" /tmp/pkg/lopt      # the repo root is the package
 export PYTHONPATH=/tmp/pkg:/tmp/site PYTHONUNBUFFERED=1
 export LOPT_DATA_DIR=$PWD/.gpu/tfds LOPT_CACHE_DIR=/tmp/lopt_cache
-export XLA_PYTHON_CLIENT_PREALLOCATE=false              # several workers share the GPU
+export XLA_PYTHON_CLIENT_PREALLOCATE=false              # grow GPU memory as needed
 export JAX_DEFAULT_MATMUL_PRECISION=highest             # fp32 matmuls/convs (no TF32), as on CPU
 nvidia-smi -L 2>&1 | tee -a "$OUT/gpu_check.log"
 python3 -c "import jax, optax, haiku; print('jax', jax.__version__, 'optax', optax.__version__,
@@ -40,22 +41,30 @@ GPU_FLAGS="--xla_gpu_autotune_level=0"
 if XLA_FLAGS="$GPU_FLAGS" python3 -c "import jax.numpy as jnp; jnp.ones(2).block_until_ready()" \
     > /dev/null 2>&1; then export XLA_FLAGS="$GPU_FLAGS"; log "XLA_FLAGS=$XLA_FLAGS"; fi
 
-# The reduced protocol of the other paper-size tasks (docs/results.md, fmnist-conv-16-32-32).
+# The held-out protocol of results eval §3f: 9-point grid at 2x the budget, 3 seeds.
 GRID=0.0001,0.000237,0.000562,0.00133,0.00316,0.0075,0.0178,0.0422,0.1
-OPTS="adam-tuned,nadamw-tuned:trials=8,lion,celo:path=.gpu/celo/celo_theta.state"
-OPTS="$OPTS,celo-adam:path=.gpu/celo/celo_adam_theta.state,lopt-fc-v1,lopt-fc-v2"
-bench() {  # bench TASK NAME SECONDS
-  log "benchmark $1 (limit $3 s)"
-  timeout -k 15 "$3" python3 -m lopt.cli benchmark --tasks "$1" --optimizers "$OPTS" \
-    --seeds 3 --envelope-factor 2 --lr-grid "$GRID" --workers "${GPU_WORKERS:-12}" \
-    --out "runs/gpu_$2" --tuning-dir "runs/gpu_$2/tuning" > "$OUT/bench_$2.log" 2>&1
-  local rc=$?
-  log "benchmark $1 exit $rc"
-  tar czf "$OUT/$2.tar.gz" --exclude jax_cache "runs/gpu_$2" && log "packed $OUT/$2.tar.gz"
+OPTS="adam-tuned,shampoo-tuned,muon-tuned,nadamw-tuned:trials=8,celo:path=.gpu/celo/celo_theta.state"
+bench() {  # bench TASK SECONDS: one process, vectorised groups
+  local out="runs/heldout_strong_$1"
+  log "benchmark $1 (limit $2 s)"
+  timeout -k 15 "$2" python3 -m lopt.cli benchmark --tasks "$1" --optimizers "$OPTS" \
+    --seeds 3 --envelope-factor 2 --lr-grid "$GRID" --out "$out" \
+    --tuning-dir "$out/tuning" > "$OUT/bench_$1.log" 2>&1
+  log "benchmark $1 exit $?"
+  tar czf "$OUT/$1.tar.gz" --exclude jax_cache "$out" && log "packed $OUT/$1.tar.gz"
 }
-# fmnist-conv-32-64-64 first: it needs about 3 CPU hours; pycode-transformer-3x64 about 1.5.
-bench fmnist-conv-32-64-64 fm32 $(( $(left) - 40 ))
-[ "$(left)" -gt 60 ] && bench pycode-transformer-3x64 lm3x64 $(( $(left) - 30 ))
+bench fmnist-conv-32-64-64 $(( $(left) * 45 / 100 ))
+
+# Vectorised vs sequential on the GPU, held-out tasks, both ways in one process; the last
+# line of the log is `vectorised/sequential speedup: N.NN`.
+if [ "$(left)" -gt 120 ]; then
+  log "benchmark_throughput (held-out pair, limit $(( $(left) - 60 )) s)"
+  timeout -k 15 "$(( $(left) - 60 ))" python3 -m lopt.benchmarks.benchmark_throughput \
+    --tasks fmnist-conv-16-32-32,pycode-transformer-3x64 \
+    --optimizers adam-tuned,shampoo-tuned,muon-tuned --envelope-factor 2 --lr-grid "$GRID" \
+    ${GPU_THROUGHPUT_ARGS:-} > "$OUT/throughput.log" 2>&1
+  log "benchmark_throughput exit $?: $(tail -1 "$OUT/throughput.log")"
+fi
 
 if [ "$(left)" -gt 90 ]; then
   log "lopt_step.py"
