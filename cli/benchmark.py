@@ -53,7 +53,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                  help="list an explicitly named optimizer that cannot run (missing weights, "
                  "failed runs) as not included instead of failing with exit code 2")
   p.add_argument("--sequential", action="store_true",
-                 help="run every (trial, seed) on its own instead of vmapped groups")
+                 help="run every (trial, seed) on its own, compiling its own programs, instead of "
+                 "in groups that share one compiled program")
   p.add_argument("--no-compile-cache", action="store_true",
                  help="do not turn on JAX's persistent compilation cache")
   p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")

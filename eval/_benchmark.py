@@ -150,8 +150,9 @@ def run_benchmark(suite: str = "demo", optimizers: str | Sequence[str] = "demo",
     allow_missing: an optimizer named explicitly that cannot run (weights not on this
       machine, failed runs) is listed as not included instead of raising. Optimizers that
       come from the `demo` set are always treated this way.
-    vectorise: run the trials and seeds that share a task and an optimizer as one vmapped
-      program (`lopt.eval._vectorised`); False runs them one by one.
+    vectorise: run the trials and seeds that share a task and an optimizer with one compiled
+      program (`lopt.eval._vectorised`; vmapped, or on CPU one after another for tasks with
+      convolutions or loops, `lopt.training.train_many`); False runs each on its own.
     references: read shipped tuned-Adam results (`lopt.eval.reference`) for tasks whose
       hashes match instead of re-running the reference's LR grid.
     compile_cache: use JAX's persistent compilation cache (in `<tuning_dir>/../jax_cache`)
