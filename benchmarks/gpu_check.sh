@@ -2,8 +2,8 @@
 # The device check for a lent GPU machine (see the device tool README of the workplace): one
 # prepared script, run once, that measures the vectorised/sequential speedup of the held-out
 # protocol on the GPU (issue #13; on the 2-core CPU it is bound at about 1.1x), and, with the
-# time left, the GPU step/meta-training benchmarks. `GPU_BENCH_TASKS="task ..."` also runs the tasks it names
-# held-out tasks with the strong baselines in one vectorised process (results eval §3f).
+# time left, the GPU step/meta-training benchmarks. `GPU_BENCH_TASKS="task ..."` also runs
+# those held-out tasks with the strong baselines in one vectorised process (results eval §3f).
 #
 #   here:   bash benchmarks/gpu_prepare.sh                      # builds .gpu/ (32 MiB)
 #   device: run(command="bash benchmarks/gpu_check.sh", carry=[".gpu"], timeout_s=600)
