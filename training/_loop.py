@@ -179,11 +179,13 @@ def _has_convolution(task: Task, params: Any) -> bool:
   return "conv_general_dilated" in _loss_jaxpr(task, params)
 
 
-def _unroll_block(task: Task, params: Any) -> int | None:
-  """Steps per fully unrolled call (`_CPU_CONV_BLOCK` for convolutions on CPU), else None."""
-  if jax.default_backend() == "cpu" and _has_convolution(task, params):
-    return _CPU_CONV_BLOCK
-  return None
+def _unroll_block(task: Task, params: Any, jaxpr: str | None = None) -> int | None:
+  """Steps per fully unrolled call (`_CPU_CONV_BLOCK` for convolutions on CPU), else None.
+  `jaxpr`: the loss's `_loss_jaxpr` text when the caller has traced it already."""
+  if jax.default_backend() != "cpu":
+    return None
+  conv = _has_convolution(task, params) if jaxpr is None else "conv_general_dilated" in jaxpr
+  return _CPU_CONV_BLOCK if conv else None
 
 
 def _blocks(length: int, block: int | None) -> list[int]:

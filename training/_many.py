@@ -162,11 +162,13 @@ def _compile_all(lowered: dict[Any, Any]) -> dict[Any, Any]:
 # 5-7x on 28x28 ones (a vmapped convolution becomes a grouped one, which XLA:CPU does not
 # hand to its fast convolution kernels); 0.97-1.26x on the LSTM (batched matmuls inside the
 # recurrent loop: no gain). MLPs and transformers mostly gain from vmap (0.6-0.9x).
-def _one_by_one_default(task: Task, params: Any) -> bool:
-  if jax.default_backend() != "cpu":
-    return False
-  text = _loss_jaxpr(task, params)
-  return any(op in text for op in ("conv_general_dilated", "scan[", "while["))
+def _cpu_loss_jaxpr(task: Task, params: Any) -> str:
+  # Traced once per group for both CPU choices (unrolled conv blocks, one by one); "" off CPU.
+  return _loss_jaxpr(task, params) if jax.default_backend() == "cpu" else ""
+
+
+def _one_by_one_default(cpu_jaxpr: str) -> bool:
+  return any(op in cpu_jaxpr for op in ("conv_general_dilated", "scan[", "while["))
 
 
 def one_by_one(task: Task) -> bool:
@@ -178,7 +180,8 @@ def one_by_one(task: Task) -> bool:
     >>> one_by_one(get_task("digits-conv-8-16")), one_by_one(get_task("digits-mlp-32"))
     (True, False)
   """
-  return _one_by_one_default(task, jax.eval_shape(task.init, jax.random.PRNGKey(0)))
+  params = jax.eval_shape(task.init, jax.random.PRNGKey(0))
+  return _one_by_one_default(_cpu_loss_jaxpr(task, params))
 
 
 def prepare_many(task: Task, optimizers: Sequence[optax.GradientTransformation],
@@ -207,7 +210,8 @@ def prepare_many(task: Task, optimizers: Sequence[optax.GradientTransformation],
   # and compiles the group's programs from the parameters' shapes.
   inits = _INIT_THREAD.submit(lambda ks: [_init(task, jnp.asarray(k)) for k in ks], keys[:, 0])
   params1 = jax.eval_shape(_init, task, jnp.asarray(keys[0, 0]))
-  one_by_one = _one_by_one_default(task, params1) if vmap is None else not vmap
+  cpu_jaxpr = _cpu_loss_jaxpr(task, params1)
+  one_by_one = _one_by_one_default(cpu_jaxpr) if vmap is None else not vmap
   carry1 = jax.eval_shape(lambda p: TrainState(p, txs[0].init(p), jnp.int32(0), jnp.int32(0)),
                           params1)
   runs, shapes = n, None  # copies of the last run may pad a vmapped group to a compiled size
@@ -224,7 +228,7 @@ def prepare_many(task: Task, optimizers: Sequence[optax.GradientTransformation],
                       jnp.zeros([n], jnp.int32), -jnp.ones([n], jnp.int32))
 
   chunk = _make_chunk(txs[0], None)
-  block = _unroll_block(task, params1)
+  block = _unroll_block(task, params1, cpu_jaxpr)
 
   def one_eval(task, c, k):
     p = c.params if eval_params is None else eval_params(c.opt_state, c.params)
